@@ -1,0 +1,1 @@
+"""Trainer integrations, imported as ``normwatch.integrations.<name>``."""

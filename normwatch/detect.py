@@ -1,0 +1,250 @@
+"""Find the scale-invariant layers of a model from the dataflow of one training forward.
+
+``detect(model, x)`` runs one forward in training mode under :class:`~normwatch.flow.ScaleTracer`, turns
+the flows it absorbed into :class:`Layer` records, then confirms them numerically: every group is rescaled
+by a random factor in [0.8, 1.25] and the forward is repeated with the same random state; the outputs
+must not move. The model is left exactly as it was: parameters, buffers (BN running statistics), the
+random number generators and every module's train/eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+from normwatch.flow import Granularity, ScaleTracer, Source, TraceResult, _tensors
+
+CONFIRM_RTOL = 1e-3  # outputs may move by this fraction of their largest magnitude (BN's epsilon, rounding)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A scale-invariant layer: the model's loss does not change when its parameters are rescaled.
+
+    Attributes:
+        name: qualified name of the module owning the weight (the ``<layer>`` of the TensorBoard tags).
+        norm: qualified name(s) of the normalising module(s) that remove the scale, comma-separated.
+        params: qualified names of the parameters rescaled together: the weight, plus the bias where it
+            must be rescaled with it (LayerNorm/GroupNorm, or a bias before a ReLU).
+        granularity: ``"channel"`` (each output channel is invariant by itself: BatchNorm, InstanceNorm),
+            ``"group"`` (each GroupNorm group of channels) or ``"tensor"`` (only the whole of ``params``).
+        groups: number of independent invariant groups (channels, norm groups, or 1).
+        out_axis: the weight axis holding output channels (0 for conv/linear, 1 for transposed conv).
+        confirmed: True when rescaling left the outputs unchanged numerically, False when it did not,
+            None when not checked.
+    """
+
+    name: str
+    norm: str
+    params: tuple[str, ...]
+    granularity: Granularity
+    groups: int
+    out_axis: int = 0
+    confirmed: bool | None = None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's own module inside ``torch.compile`` (``_orig_mod``) and DDP/DataParallel (``module``)."""
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def detect(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> list[Layer]:
+    """The scale-invariant layers of ``model``, found from one training-mode forward on the example.
+
+    Args:
+        model: any ``nn.Module`` (a compiled or DDP-wrapped one is unwrapped first).
+        *example_args: positional inputs of one forward (a real batch: BatchNorm needs more than one sample).
+        **example_kwargs: keyword inputs of that forward.
+
+    Returns:
+        The layers in the order the forward first used them, each numerically confirmed.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+        >>> [(layer.name, layer.norm, layer.granularity) for layer in detect(net, torch.randn(4, 3, 8, 8))]
+        [('0', '1', 'channel')]
+    """
+    return scan(model, example_args, example_kwargs, confirm=True)
+
+
+def scan(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], confirm: bool = True) -> list[Layer]:
+    """:func:`detect` with the confirmation optional (``confirm=False`` costs one forward instead of two)."""
+    base = unwrap(model)
+    with _preserved(base) as replay:
+        result = _trace(base, args, kwargs, replay)
+        layers = _layers(base, result)
+        if confirm and layers:
+            layers = _confirm(base, args, kwargs, layers, replay)
+    return layers
+
+
+# -- tracing ---------------------------------------------------------------------------------------------
+def _trace(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], replay: Any) -> TraceResult:
+    names = {id(m): n for n, m in base.named_modules(remove_duplicate=False)}
+    owner = {id(t): n for n, m in base.named_modules(remove_duplicate=False)
+             for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    stack: list[str] = []
+
+    def enter(module: nn.Module, _args: Any) -> None:
+        stack.append(names.get(id(module), stack[-1] if stack else ""))
+
+    def leave(module: nn.Module, _args: Any, _out: Any) -> None:
+        if stack:
+            stack.pop()
+
+    tracer = ScaleTracer(base.parameters(), owner, lambda: stack[-1] if stack else "")
+    handles = [module_hooks.register_module_forward_pre_hook(enter),
+               module_hooks.register_module_forward_hook(leave, always_call=True)]
+    try:
+        replay()
+        with tracer:
+            output = base(*args, **kwargs)
+        tracer.leak_outputs(output)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tracer.finish()
+
+
+def _layers(base: nn.Module, result: TraceResult) -> list[Layer]:
+    param_names = {id(p): n for n, p in base.named_parameters(remove_duplicate=False)}
+    layers = []
+    for index, src in enumerate(result.sources):
+        variant = next((v for v in ("weight", "joint") if result.invariant((index, v))), None)
+        if variant is None or id(src.weight) not in param_names:
+            continue
+        if variant == "weight" and src.bias is None:
+            continue
+        weight_name = param_names[id(src.weight)]
+        params = (weight_name,)
+        if variant == "joint" and src.bias is not None:
+            params += (param_names[id(src.bias)],)
+        absorptions = result.absorbed[(index, variant)]
+        granularity, groups = _granularity(src, [(a.granularity, a.groups) for a in absorptions])
+        norms = ", ".join(dict.fromkeys(a.norm for a in absorptions))
+        name = weight_name.removesuffix(".weight") if weight_name.endswith(".weight") else weight_name
+        layers.append(Layer(name or weight_name, norms, params, granularity, groups, src.out_axis))
+    return layers
+
+
+def _granularity(src: Source, found: list[tuple[Granularity, int]]) -> tuple[Granularity, int]:
+    """The finest grouping in which every normalisation that saw this weight is invariant."""
+    channels = src.weight.shape[src.out_axis]
+    kinds = {g for g, _ in found}
+    if "tensor" in kinds or not src.channelwise:
+        return "tensor", 1
+    if "group" in kinds:
+        counts = {n for g, n in found if g == "group"}
+        if len(counts) == 1 and channels % (n := counts.pop()) == 0:
+            return "group", n
+        return "tensor", 1
+    return "channel", channels
+
+
+# -- numerical confirmation ------------------------------------------------------------------------------
+def _confirm(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layers: list[Layer],
+             replay: Any) -> list[Layer]:
+    params = dict(base.named_parameters(remove_duplicate=False))
+    reference = _forward(base, args, kwargs, replay)
+    generator = torch.Generator().manual_seed(0)
+    if _unchanged(reference, _forward_scaled(base, args, kwargs, layers, params, generator, replay)):
+        return [_with(layer, True) for layer in layers]
+    confirmed = []
+    for layer in layers:
+        ok = _unchanged(reference, _forward_scaled(base, args, kwargs, [layer], params, generator, replay))
+        if not ok:
+            warnings.warn(f"normwatch: layer {layer.name!r} looks scale-invariant from the dataflow, but "
+                          f"rescaling it changed the outputs by more than {CONFIRM_RTOL:g} of their size "
+                          "(tiny pre-norm variance against BatchNorm's eps, or an op normwatch misreads).",
+                          stacklevel=3)
+        confirmed.append(_with(layer, ok))
+    return confirmed
+
+
+def _with(layer: Layer, confirmed: bool) -> Layer:
+    return Layer(layer.name, layer.norm, layer.params, layer.granularity, layer.groups, layer.out_axis, confirmed)
+
+
+def _forward(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], replay: Any) -> list[torch.Tensor]:
+    replay()
+    return [t.detach().clone() for t in _tensors(base(*args, **kwargs)) if t.is_floating_point()]
+
+
+def _forward_scaled(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layers: list[Layer],
+                    params: dict[str, nn.Parameter], generator: torch.Generator,
+                    replay: Any) -> list[torch.Tensor]:
+    saved = {name: params[name].detach().clone() for layer in layers for name in layer.params}
+    try:
+        for layer in layers:
+            weight = params[layer.params[0]]
+            channels = weight.shape[layer.out_axis]
+            factors = 0.8 * (1.25 / 0.8) ** torch.rand(layer.groups, generator=generator, dtype=torch.float64)
+            per_channel = factors.repeat_interleave(channels // layer.groups).to(weight.device, weight.dtype)
+            for name in layer.params:
+                p = params[name]
+                shape = [1] * p.dim()
+                shape[layer.out_axis if p.dim() > 1 else 0] = channels
+                p.data.mul_(per_channel.view(shape))
+        return _forward(base, args, kwargs, replay)
+    finally:
+        for name, value in saved.items():
+            params[name].data.copy_(value)
+
+
+def _unchanged(reference: list[torch.Tensor], scaled: list[torch.Tensor]) -> bool:
+    if len(reference) != len(scaled):
+        return False
+    for a, b in zip(reference, scaled):
+        scale = a.abs().max().item() if a.numel() else 0.0
+        if a.shape != b.shape or (a - b).abs().max().item() > CONFIRM_RTOL * scale + 1e-6:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _preserved(base: nn.Module) -> Iterator[Any]:
+    """Run forwards in training mode without gradients, then put everything back as it was.
+
+    A model in eval mode is switched with ``train()``; a model already training keeps every submodule's
+    own mode, so a BatchNorm the user froze with ``.eval()`` keeps using running statistics.
+
+    Yields ``replay``: a function that restores the buffers and the random state to their values at
+    entry, so every forward inside sees the same BatchNorm statistics and the same dropout masks.
+    """
+    modes = [(m, m.training) for m in base.modules()]
+    buffers = [(b, b.detach().clone()) for b in base.buffers()]
+    devices = sorted({t.device.index or 0 for t in [*base.parameters(), *base.buffers()] if t.is_cuda})
+    with torch.random.fork_rng(devices=devices):
+        cpu_state = torch.get_rng_state()
+        cuda_states = [torch.cuda.get_rng_state(d) for d in devices]
+
+        def replay() -> None:
+            for buffer, value in buffers:
+                buffer.copy_(value)
+            torch.set_rng_state(cpu_state)
+            for d, state in zip(devices, cuda_states):
+                torch.cuda.set_rng_state(state, d)
+
+        try:
+            if not base.training:  # a training model keeps its submodules' modes: a frozen BN stays frozen
+                base.train()
+            with torch.no_grad():
+                yield replay
+        finally:
+            with torch.no_grad():
+                replay()
+            for m, training in modes:
+                m.training = training

@@ -1,0 +1,117 @@
+"""From batches of per-step device rows to TensorBoard points: step numbers, metrics, theory, validity.
+
+A :class:`Batch` is what the training thread hands over every few steps: the rows of :mod:`stats` for
+each recorded optimizer step (already copied off the device, or with a ``ready()`` that waits for the
+copy), and what the host knew then (hook-call index, hyperparameters, wall time). :class:`Recorder`,
+run on the writer thread, turns them into ``(step, walltime, {tag: value})`` points.
+
+Steps: the x-axis counts optimizer steps that happened. A step a fused optimizer skipped on AMP overflow
+(``found_inf``) is dropped and does not advance the count. A point is never written with a non-finite
+value: a layer whose gradient or weight was not finite is left out of that step, with one warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from normwatch import stats, theory
+from normwatch.update import Family, Hyper
+
+Point = tuple[int, float, dict[str, float]]
+
+
+@dataclass
+class Batch:
+    """Recorded steps handed from the training thread to the writer thread."""
+
+    rows: torch.Tensor  # (R, S, K): stats.SUMS per tracked tensor per record
+    skipped: torch.Tensor  # (R,): nonzero where the optimizer skipped the step (found_inf)
+    calls: list[int]  # index of the step-hook call that produced each record
+    hypers: list[tuple[Hyper, ...]]  # per record, per layer
+    walltimes: list[float]
+    ready: Callable[[], None] = lambda: None  # waits for the device-to-host copy
+
+
+@dataclass
+class Recorder:
+    """Turns batches into points; owns the bookkeeping that spans batches (|w_0|², skipped steps)."""
+
+    layer_names: Sequence[str]
+    slot_layer: Sequence[int]
+    numel: Sequence[int]  # elements per layer (for Adam's per-coordinate gradient RMS)
+    family: Family
+    every: int = 1
+    filter_every: bool = False  # True when every step was recorded (skips unknown at hook time)
+    w0_norm2: np.ndarray = field(default=None)  # type: ignore[assignment]
+    skipped_total: int = 0
+    last_step: int = -1
+    _warned: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.w0_norm2 is None:
+            self.w0_norm2 = np.full(len(self.layer_names), np.nan)
+
+    def points(self, batch: Batch) -> list[Point]:
+        batch.ready()
+        rows = batch.rows.double().numpy()
+        skipped = batch.skipped.numpy() != 0
+        sums = stats.layer_sums(rows, self.slot_layer, len(self.layer_names))
+        out: list[Point] = []
+        for r, call in enumerate(batch.calls):
+            if skipped[r]:
+                self.skipped_total += 1
+                continue
+            step = call - self.skipped_total
+            if self.filter_every and step % self.every:
+                continue
+            point = self._point(step, sums[r], batch.hypers[r])
+            self.last_step = step
+            out.append((step, batch.walltimes[r], point))
+        return out
+
+    def _point(self, step: int, sums: np.ndarray, hypers: tuple[Hyper, ...]) -> dict[str, float]:
+        present = sums[:, stats.INDEX["present"]] > 0
+        ww = sums[:, stats.INDEX["ww"]]
+        first = present & np.isnan(self.w0_norm2) & np.isfinite(ww) & (ww > 0)
+        self.w0_norm2[first] = ww[first]
+        lr = np.array([float(h.lr) for h in hypers])
+        metrics = stats.derive(sums, self.w0_norm2, lr)
+        point: dict[str, float] = {}
+        split = self.family != "unknown"
+        for i, name in enumerate(self.layer_names):
+            if not present[i]:
+                continue
+            core = ("w_norm2", "cos_wg", "radial", "tangential", "lars_ratio")
+            if not all(math.isfinite(metrics[m][i]) for m in core):
+                self._warn_once(f"nonfinite:{name}", f"normwatch: layer {name!r} had a non-finite gradient or "
+                                f"weight at step {step}; that step is not recorded for it (warned once).")
+                continue
+            names = stats.MEASURED + (stats.SPLIT if split else ())
+            for metric in names:
+                value = float(metrics[metric][i])
+                if math.isfinite(value):
+                    point[f"normwatch/{metric}/{name}"] = value
+            hp = hypers[i]
+            point[f"normwatch/lr/{name}"] = float(hp.lr)
+            point[f"normwatch/weight_decay/{name}"] = hp.weight_decay
+            point[f"normwatch/momentum/{name}"] = hp.momentum
+            grad_rms = math.sqrt(sums[i, stats.INDEX["gg"]] / self.numel[i]) if self.numel[i] else None
+            ratio, angle = theory.equilibrium(
+                self.family, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,
+                dampening=hp.dampening, nesterov=hp.nesterov, beta1=hp.momentum, grad_rms=grad_rms)
+            if ratio is not None and math.isfinite(ratio):
+                point[f"normwatch/lars_theory/{name}"] = ratio
+            if angle is not None and math.isfinite(angle):
+                point[f"normwatch/angle_theory/{name}"] = angle
+        return point
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)

@@ -1,0 +1,432 @@
+"""The Watcher: hooks in, per-step statistics on the device, batches out to the writer thread, hooks out.
+
+Lifecycle. ``attach`` registers a forward pre-hook on the model and step pre/post hooks on the
+optimizer. The first training-mode forward runs detection (one extra forward pair on that batch, the model
+left exactly as it was) and removes the forward hook. Around each ``optimizer.step()``: the pre-hook
+copies w_t into a snapshot (recorded steps only); the post-hook reads g, w_{t+1} and the optimizer's
+state, advances the gradient memory and stacks one row of sums per tensor into a ring buffer on the
+device. Every ``flush_every`` recorded steps (and at ``close``), the ring is copied to the host in one
+transfer (non-blocking on CUDA) and handed to the writer thread. No host-device sync in the hooks.
+
+Extra device memory: one snapshot and one gradient memory per instrumented tensor (2× their size),
+plus the ring buffer (``flush_every`` × tensors × 14 floats).
+"""
+
+from __future__ import annotations
+
+import atexit
+import fnmatch
+import functools
+import json
+import time
+import warnings
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from normwatch import stats, tensorboard, update
+from normwatch.detect import Layer, scan, unwrap
+from normwatch.records import Batch, Recorder
+
+_ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Watcher] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Slot:
+    """One instrumented parameter tensor."""
+
+    name: str
+    layer: int
+    param: nn.Parameter
+    group: int
+    snapshot: torch.Tensor  # w_t, copied before each recorded step
+    memory: torch.Tensor  # the gradient memory v (see normwatch.update)
+
+
+def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside wrappers that do not carry step hooks (accelerate, Lightning)."""
+    while not hasattr(optimizer, "_optimizer_step_pre_hooks"):
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if inner is None:
+            break
+        optimizer = inner
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"Expected a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+    return optimizer
+
+
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None = None,
+           writer: Any = None, every: int = 1, layers: Sequence[str] | None = None, flush_every: int = 64,
+           ema_beta: float = update.DEFAULT_EMA_BETA, keep_history: bool = False,
+           confirm: bool = True) -> Watcher:
+    """Watch the scale-invariant layers of ``model`` as ``optimizer`` trains them; log to TensorBoard.
+
+    Args:
+        model: the model whose forward the training loop calls (compiled/DDP wrappers are fine).
+        optimizer: the optimizer that steps its parameters.
+        logdir: TensorBoard run directory. With neither ``logdir`` nor ``writer``, ``runs/<date>_<host>``
+            like ``SummaryWriter``'s default.
+        writer: an existing ``SummaryWriter`` to write into (normwatch flushes it but does not close it).
+        every: record every ``every``-th optimizer step (the gradient memory still advances every step).
+        layers: glob patterns over layer names. ``"pat"`` keeps only detected layers that match,
+            ``"-pat"`` drops matches, ``"+pat"`` adds modules whose weight detection did not find
+            (recorded as one whole-tensor group).
+        flush_every: recorded steps kept on the device between transfers to the writer thread.
+        ema_beta: decay of the gradient memory for optimizers without momentum (``grad_autocorr``).
+        keep_history: also keep every point in memory (``Watcher.history``).
+        confirm: confirm detection numerically (one more forward on the first batch).
+
+    Returns:
+        The :class:`Watcher`; ``close()`` it (or use it as a context manager) to flush and unhook.
+
+    Raises:
+        RuntimeError: if a Watcher is already attached to this optimizer.
+        ValueError: on invalid arguments.
+    """
+    return Watcher(model, optimizer, logdir=logdir, writer=writer, every=every, layers=layers,
+                   flush_every=flush_every, ema_beta=ema_beta, keep_history=keep_history, confirm=confirm)
+
+
+class Watcher:
+    """Records the weight-norm dynamics of a model's scale-invariant layers; made by :func:`attach`."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None, writer: Any,
+                 every: int, layers: Sequence[str] | None, flush_every: int, ema_beta: float,
+                 keep_history: bool, confirm: bool) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
+        optimizer = _unwrap_optimizer(optimizer)
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"Expected argument `every` to be a positive int, but got {every!r}.")
+        if not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"Expected argument `flush_every` to be a positive int, but got {flush_every!r}.")
+        if not 0.0 <= ema_beta < 1.0:
+            raise ValueError(f"Expected argument `ema_beta` to be in [0, 1), but got {ema_beta!r}.")
+        if logdir is not None and writer is not None:
+            raise ValueError("Pass either `logdir` or `writer`, not both.")
+        if isinstance(layers, str):
+            layers = [layers]
+        if optimizer in _ATTACHED:
+            raise RuntimeError("normwatch is already attached to this optimizer; close() that Watcher first.")
+        self.every = every
+        self._model = model
+        self._optimizer = optimizer
+        self._patterns = list(layers or [])
+        self._flush_every = flush_every
+        self._ema_beta = ema_beta
+        self._confirm = confirm
+        self._family = update.family_of(optimizer)
+        self._layers: list[Layer] = []
+        self._slots: list[_Slot] = []
+        self._detected = False
+        self._closed = False
+        self._calls = 0  # step-hook calls so far (skipped AMP steps included until the writer drops them)
+        self._recording = False
+        self._first: list[bool] = []
+        self._layer_group: list[int] = []
+        self._pending_state: dict[str, Any] | None = None
+        self._ring = self._ring_skipped = torch.empty(0)
+        self._n = 0
+        self._meta: list[tuple[int, tuple[update.Hyper, ...], float]] = []
+        self._recorder = Recorder([], [], [], self._family, every)
+        own_writer = writer is None
+        if own_writer:
+            writer = self._make_writer(logdir)
+        self._sink = tensorboard.Sink(writer, self._to_points, self._preamble, close_writer=own_writer,
+                                      keep_history=keep_history)
+        _ATTACHED[optimizer] = self
+        self._handles = [
+            model.register_forward_pre_hook(self._on_forward, with_kwargs=True),
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
+
+    # -- public API --------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        """The scale-invariant layers recorded (empty until the first training-mode forward)."""
+        return list(self._layers)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps seen so far (steps an AMP GradScaler skipped are not counted once written)."""
+        return self._calls - self._recorder.skipped_total
+
+    @property
+    def history(self) -> dict[str, list[tuple[int, float]]]:
+        """Every point written, by tag, when ``keep_history=True`` or the writer failed (else empty)."""
+        self.flush()
+        return self._sink.history
+
+    @property
+    def extra_memory_bytes(self) -> int:
+        """Device memory normwatch holds: snapshots and gradient memories, plus the ring buffer."""
+        buffers = sum(2 * s.param.numel() * s.param.element_size() for s in self._slots)
+        return buffers + self._ring.numel() * self._ring.element_size()
+
+    def flush(self) -> None:
+        """Hand every recorded step to the writer thread and wait until it is written (a host sync)."""
+        self._flush()
+        self._sink.drain()
+
+    def close(self) -> None:
+        """Flush every recorded step, remove every hook and free the buffers. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._flush()
+        self._sink.close()
+        _ATTACHED.pop(self._optimizer, None)
+        atexit.unregister(self._atexit)
+        for slot in self._slots:
+            slot.snapshot = slot.memory = torch.empty(0)
+        self._slots = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the same curves: step count, |w_0|², gradient memories."""
+        self.flush()
+        return {
+            "version": 1,
+            "step": self.step,
+            "w0_norm2": dict(zip([layer.name for layer in self._layers], self._recorder.w0_norm2.tolist())),
+            "memory": {slot.name: slot.memory.detach().clone() for slot in self._slots},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (applied after detection if that has not happened yet)."""
+        if state.get("version") != 1:
+            raise ValueError(f"Unknown normwatch state version {state.get('version')!r}.")
+        if not self._detected:
+            self._pending_state = state
+            self._calls = int(state["step"])
+            return
+        self._calls = int(state["step"])
+        self._recorder.skipped_total = 0
+        for i, layer in enumerate(self._layers):
+            if layer.name in state["w0_norm2"]:
+                self._recorder.w0_norm2[i] = state["w0_norm2"][layer.name]
+        for slot in self._slots:
+            if slot.name in state["memory"]:
+                slot.memory.copy_(state["memory"][slot.name])
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        size = sum(s.param.numel() * s.param.element_size() for s in self._slots)
+        return (f"Watcher(layers={len(self._layers)}, family={self._family!r}, every={self.every}, "
+                f"step={self.step}, extra_memory={self.extra_memory_bytes / 2**20:.2f} MiB "
+                f"(2 × {size / 2**20:.2f} MiB instrumented + ring), closed={self._closed})")
+
+    # -- setup -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _make_writer(logdir: str | None) -> Any:
+        from torch.utils.tensorboard import SummaryWriter
+
+        try:
+            return SummaryWriter(log_dir=logdir)
+        except Exception as error:
+            warnings.warn(f"normwatch: cannot create a TensorBoard writer in {logdir or 'runs/'} ({error}); "
+                          "training goes on and the metrics are kept in memory in Watcher.history.",
+                          RuntimeWarning, stacklevel=4)
+            return None
+
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not module.training or self._detected:
+            return
+        self._handles[0].remove()
+        self._detected = True
+        try:
+            found = scan(module, args, kwargs, confirm=self._confirm)
+        except Exception as error:
+            warnings.warn(f"normwatch: could not trace the model's forward ({error!r}); nothing will be "
+                          "recorded. Training is not affected.", RuntimeWarning, stacklevel=2)
+            found = []
+        self._setup(self._select(found))
+
+    def _select(self, found: list[Layer]) -> list[Layer]:
+        """Apply the user's ``layers`` patterns; warn about patterns that match nothing."""
+        keep = [p for p in self._patterns if p[:1] not in "+-"]
+        drop = [p[1:] for p in self._patterns if p.startswith("-")]
+        add = [p[1:] for p in self._patterns if p.startswith("+")]
+        base = unwrap(self._model)
+        modules = dict(base.named_modules())
+        for pattern in keep + drop:
+            if not any(fnmatch.fnmatchcase(layer.name, pattern) for layer in found):
+                warnings.warn(f"normwatch: layers pattern {pattern!r} matches no detected layer "
+                              f"(detected: {', '.join(layer.name for layer in found) or 'none'}).", stacklevel=4)
+        chosen = [layer for layer in found if (not keep or any(fnmatch.fnmatchcase(layer.name, p) for p in keep))
+                  and not any(fnmatch.fnmatchcase(layer.name, p) for p in drop)]
+        names = {layer.name for layer in chosen}
+        for pattern in add:
+            matches = [n for n, m in modules.items() if fnmatch.fnmatchcase(n, pattern)
+                       and isinstance(getattr(m, "weight", None), nn.Parameter)]
+            if not matches:
+                warnings.warn(f"normwatch: layers pattern '+{pattern}' matches no module with a weight.",
+                              stacklevel=4)
+            for name in matches:
+                if name not in names:
+                    names.add(name)
+                    chosen.append(Layer(name, "(added by user)", (f"{name}.weight",), "tensor", 1))
+        return chosen
+
+    def _setup(self, layers: list[Layer]) -> None:
+        base = unwrap(self._model)
+        params = dict(base.named_parameters(remove_duplicate=False))
+        group_of = {id(p): i for i, group in enumerate(self._optimizer.param_groups) for p in group["params"]}
+        kept: list[Layer] = []
+        for layer in layers:
+            missing = [n for n in layer.params if id(params[n]) not in group_of]
+            if missing:
+                warnings.warn(f"normwatch: layer {layer.name!r} is not recorded: {', '.join(missing)} is not "
+                              "in this optimizer's param groups.", stacklevel=4)
+                continue
+            for name in layer.params:
+                p = params[name]
+                self._slots.append(_Slot(name, len(kept), p, group_of[id(p)],
+                                         torch.empty_like(p, memory_format=torch.preserve_format).detach(),
+                                         torch.zeros_like(p, memory_format=torch.preserve_format).detach()))
+            kept.append(layer)
+        self._layers = kept
+        self._layer_group = [next(s.group for s in self._slots if s.layer == i) for i in range(len(kept))]
+        if not kept:
+            warnings.warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
+                          "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
+                          "only through a normalisation that uses batch statistics (BatchNorm in training "
+                          "mode, GroupNorm, LayerNorm).", RuntimeWarning, stacklevel=4)
+            return
+        device = self._slots[0].param.device
+        self._ring = torch.zeros(self._flush_every, len(self._slots), len(stats.SUMS), device=device)
+        self._ring_skipped = torch.zeros(self._flush_every, device=device)
+        numel = [sum(s.param.numel() for s in self._slots if s.layer == i) for i in range(len(kept))]
+        self._recorder = Recorder([layer.name for layer in kept], [s.layer for s in self._slots], numel,
+                                  self._family, self.every, skipped_total=self._recorder.skipped_total)
+        self._notes()
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.load_state_dict(state)
+
+    def _notes(self) -> None:
+        """One line for each reason a theory tag will be missing."""
+        name = type(self._optimizer).__name__
+        if self._family == "unknown":
+            warnings.warn(f"normwatch: {name} is not one of SGD, Adam, AdamW or normwatch.optim.LARS (or uses "
+                          "maximize): every measured metric is recorded, but no shrink/growth split and no "
+                          "theory applies.", stacklevel=5)
+            return
+        for index, group in enumerate(self._optimizer.param_groups):
+            layers = sorted({self._layers[s.layer].name for s in self._slots if s.group == index})
+            if layers and not group.get("weight_decay"):
+                warnings.warn(f"normwatch: param group {index} of {name} has weight_decay=0, so |w| has no "
+                              f"equilibrium: no theory tags for {', '.join(layers)}.", stacklevel=5)
+
+    def _preamble(self, writer: Any) -> None:
+        if not self._layers:
+            return
+        writer.add_custom_scalars(tensorboard.custom_layout([layer.name for layer in self._layers]))
+        group = self._optimizer.param_groups[self._slots[0].group]
+        config = {
+            "optimizer": type(self._optimizer).__name__, "family": self._family, "every": self.every,
+            "nesterov": bool(group.get("nesterov", False)), "dampening": float(group.get("dampening", 0.0) or 0.0),
+            "layers": [{"name": layer.name, "norm": layer.norm, "granularity": layer.granularity,
+                        "groups": layer.groups, "params": list(layer.params), "confirmed": layer.confirmed}
+                       for layer in self._layers],
+        }
+        writer.add_text("normwatch/config", json.dumps(config))
+
+    # -- the step hooks (no host-device sync in here) ----------------------------------------------------
+    @torch.compiler.disable
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._slots:
+            return
+        skip_aware = getattr(optimizer, "found_inf", None) is not None  # fused optimizer under a GradScaler
+        self._recording = skip_aware or self._calls % self.every == 0
+        self._recorder.filter_every = self._recorder.filter_every or (skip_aware and self.every > 1)
+        state = optimizer.state
+        self._first = [state.get(s.param, {}).get("momentum_buffer") is None for s in self._slots]
+        if self._recording:
+            torch._foreach_copy_([s.snapshot for s in self._slots], [s.param.detach() for s in self._slots])
+
+    @torch.compiler.disable
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._slots:
+            return
+        call, self._calls = self._calls, self._calls + 1
+        found_inf = getattr(optimizer, "found_inf", None)
+        family = self._family
+        hypers = {i: update.hyper(family, optimizer.param_groups[i], self._ema_beta)
+                  for i in {s.group for s in self._slots}}
+        rows = []
+        with torch.no_grad():
+            for slot, first in zip(self._slots, self._first):
+                g = slot.param.grad
+                if g is None:
+                    if self._recording:
+                        rows.append(stats.absent_row(self._ring.device))
+                    continue
+                hp = hypers[slot.group]
+                state = optimizer.state.get(slot.param, {})
+                trust = state.get("trust_ratio") if family == "lars" else None
+                v = slot.memory
+                if self._recording:
+                    gv, vv = stats.memory_sums(g, v)
+                before = v.clone() if found_inf is not None else None
+                update.advance_memory(family, hp, v, g, trust, first)
+                if self._recording:
+                    w_prev = slot.snapshot
+                    u = slot.param.detach() - w_prev
+                    u_wd = update.decay_part(family, hp, state, w_prev, u, v, trust)
+                    rows.append(stats.update_sums(w_prev, u, g, u_wd, trust, gv, vv).to(self._ring.device))
+                if before is not None:
+                    v.copy_(torch.where(found_inf.reshape([1] * v.dim()) > 0, before, v))
+            if not self._recording:
+                return
+            self._ring[self._n].copy_(torch.stack(rows))
+            if found_inf is not None:
+                self._ring_skipped[self._n].copy_(found_inf.reshape(()))
+        self._meta.append((call, tuple(hypers[group] for group in self._layer_group), time.time()))
+        self._n += 1
+        if self._n == self._flush_every:
+            self._flush()
+
+    # -- handing over to the writer thread ---------------------------------------------------------------
+    def _flush(self) -> None:
+        n, self._n = self._n, 0
+        meta, self._meta = self._meta, []
+        if n == 0:
+            return
+        rows, skipped = self._ring[:n], self._ring_skipped[:n]
+        if rows.is_cuda:
+            host_rows = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+            host_skipped = torch.empty(skipped.shape, dtype=skipped.dtype, pin_memory=True)
+            host_rows.copy_(rows, non_blocking=True)
+            host_skipped.copy_(skipped, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            ready = event.synchronize
+        else:
+            host_rows, host_skipped, ready = rows.clone(), skipped.clone(), (lambda: None)
+        self._ring_skipped.zero_()
+        self._sink.put(Batch(host_rows, host_skipped, [m[0] for m in meta], [m[1] for m in meta],
+                             [m[2] for m in meta], ready))
+
+    def _to_points(self, batch: Batch) -> list[Any]:
+        return self._recorder.points(batch)
+
+
+def _close_at_exit(ref: weakref.ref[Watcher]) -> None:
+    watcher = ref()
+    if watcher is not None:
+        watcher.close()
