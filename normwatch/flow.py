@@ -251,10 +251,8 @@ class ScaleTracer(TorchFunctionMode):
         groups = _arg(args, kwargs, 6, "groups", 1) if transposed else 1
         if not isinstance(out, torch.Tensor):
             return
-        if name == "linear":
-            dim = out.dim() - 1
-        else:
-            dim = 1 if x.dim() == weight.dim() else 0
+        # output channels: the last axis of a linear; axis 1 of a batched conv (0 when unbatched)
+        dim = out.dim() - 1 if name == "linear" else (1 if x.dim() == weight.dim() else 0)
         index = self._source_index.get(id(weight))
         if index is None:
             index = len(self.result.sources)
@@ -453,7 +451,7 @@ class ScaleTracer(TorchFunctionMode):
                 flows[key] = present[0]
             elif not others and len({f.dim for f in present}) == 1:
                 flows[key] = Flow(present[0].dim, shift=any(f.shift for f in present))
-            elif len(present) == 1 and len(others) == 1 and self._per_channel_constant(others[0], present[0], out=outputs):
+            elif len(present) == 1 and len(others) == 1 and self._per_channel_constant(others[0], present[0], outputs):
                 flows[key] = Flow(present[0].dim, shift=True)  # a bias added by hand: BN still removes it
             else:
                 self._leak([key])
@@ -461,6 +459,7 @@ class ScaleTracer(TorchFunctionMode):
             self._set(t, dict(flows))
 
     def _per_channel_constant(self, other: Any, flow: Flow, out: list[torch.Tensor]) -> bool:
+        """Whether ``other`` is constant along every axis but the flow's channel axis (a bias)."""
         if flow.dim is None or not isinstance(other, torch.Tensor) or self.flows(other) or not out:
             return False
         shape = (1,) * (out[0].dim() - other.dim()) + tuple(other.shape)

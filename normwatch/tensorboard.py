@@ -107,10 +107,10 @@ class Sink:
                 for name, value in values.items():
                     writer.add_scalar(name, value, step, walltime=walltime)
             except Exception as error:
+                kept = self.keep_history
                 self._fail(error)
                 writer = None
-                if not self.keep_history:  # keep this point: history starts with it
-                    self.keep_history = True
+                if not kept:  # history starts with the point whose write failed
                     for name, value in values.items():
                         self.history.setdefault(name, []).append((step, value))
 

@@ -1,0 +1,260 @@
+"""Recorded metrics against a float64 reference written here from each optimizer's documented update rule.
+
+The reference does not reuse normwatch's code: it keeps its own shadow buffers (gradient-only and
+decay-only momentum, Adam moments), computes the two parts of every update from them, and derives each
+metric from the raw vectors w_t, g_t, w_{t+1} captured around ``optimizer.step()``.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normwatch
+from normwatch.optim import LARS
+
+STEPS = 12
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),  # a two-tensor layer (weight + bias)
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+LAYERS = {"0": ["0.weight"], "4": ["4.weight", "4.bias"]}
+
+
+def _train(make_opt, every: int = 1):
+    """Train with normwatch attached; capture (w_t, g_t, w_{t+1}) per tracked tensor per step."""
+    model = _model()
+    opt = make_opt(model)
+    watch = normwatch.attach(model, opt, writer=None, logdir=None, keep_history=True, every=every)
+    params = dict(model.named_parameters())
+    captured = []
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        x, y = torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        before = {n: (params[n].detach().double().clone(), params[n].grad.double().clone())
+                  for names in LAYERS.values() for n in names}
+        opt.step()
+        captured.append({n: (w, g, params[n].detach().double().clone()) for n, (w, g) in before.items()})
+    watch.close()
+    return watch, captured
+
+
+class Reference:
+    """Float64 shadow bookkeeping for one tensor: returns (u_wd, u_g, v_{t-1}) for each step."""
+
+    def __init__(self, family: str, lr: float, wd: float, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.family, self.lr, self.wd, self.mu, self.tau, self.nesterov = family, lr, wd, momentum, dampening, nesterov
+        self.b1, self.b2, self.eps = betas[0], betas[1], eps
+        self.t = 0
+        self.b_g = self.b_wd = self.m_g = self.m_wd = self.v2 = self.ema = None
+
+    def step(self, w: torch.Tensor, g: torch.Tensor, sibling_norms: tuple[float, float] | None = None):
+        self.t += 1
+        lr, wd, mu = self.lr, self.wd, self.mu
+        if self.family in ("adam", "adamw"):
+            memory = self.m_g
+            if self.m_g is None:
+                self.m_g, self.m_wd, self.v2 = torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(w)
+                memory = torch.zeros_like(w)
+            decay = wd * w if self.family == "adam" else torch.zeros_like(w)
+            self.m_g = self.b1 * self.m_g + (1 - self.b1) * g
+            self.m_wd = self.b1 * self.m_wd + (1 - self.b1) * decay
+            self.v2 = self.b2 * self.v2 + (1 - self.b2) * (g + decay) ** 2
+            denom = (self.v2 / (1 - self.b2**self.t)).sqrt() + self.eps
+            u_g = -lr * self.m_g / (1 - self.b1**self.t) / denom
+            u_wd = -lr * self.m_wd / (1 - self.b1**self.t) / denom
+            if self.family == "adamw":
+                u_wd = -lr * wd * w
+            return u_wd, u_g, memory
+        trust = 1.0
+        if self.family == "lars":
+            trust = float(w.norm() / (g + wd * w).norm())
+        if mu == 0:  # no momentum buffer: normwatch's own moving average with beta 0.9
+            memory = self.ema if self.ema is not None else torch.zeros_like(w)
+            self.ema = 0.9 * memory + 0.1 * g
+            return -lr * trust * wd * w, -lr * trust * g, memory
+        memory = self.b_g if self.b_g is not None else torch.zeros_like(w)
+        if self.b_g is None:
+            self.b_g, self.b_wd = trust * g, trust * wd * w
+        else:
+            damp = 1 - self.tau
+            self.b_g = mu * self.b_g + damp * trust * g
+            self.b_wd = mu * self.b_wd + damp * trust * wd * w
+        if self.nesterov:
+            return -lr * (wd * w + mu * self.b_wd), -lr * (g + mu * self.b_g), memory
+        return -lr * self.b_wd, -lr * self.b_g, memory
+
+
+def _reference_metrics(captured, refs: dict[str, Reference], lr: float, lars: bool = False):
+    """Per step, per layer: every metric from the float64 vectors."""
+    out = []
+    for record in captured:
+        step = {}
+        for layer, names in LAYERS.items():
+            cat = {k: torch.cat([v.flatten() for v in vs]) for k, vs in zip(
+                ("w", "g", "w1", "uwd", "ug", "mem"), zip(*[(*record[n], *refs[n].step(*record[n][:2]))
+                                                             for n in names]))}
+            w, g, w1, uwd, ug, mem = cat["w"], cat["g"], cat["w1"], cat["uwd"], cat["ug"], cat["mem"]
+            u = w1 - w
+            assert torch.allclose(uwd + ug, u, rtol=1e-4, atol=1e-6 * w.abs().max().item()), "reference is off"
+            what = w / w.norm()
+            u_r = u @ what
+            u_perp = u - u_r * what
+            trust_g = g
+            if lars:
+                trust_g = torch.cat([(record[n][0].norm() / (record[n][1] + refs[n].wd * record[n][0]).norm())
+                                     * record[n][1].flatten() for n in names])
+            step[layer] = {
+                "w_norm2": (w @ w).item(),
+                "cos_wg": (w @ g / (w.norm() * g.norm())).item(),
+                "shrink": -(2 * w @ uwd + uwd @ uwd).item(),
+                "growth": (2 * w @ ug + ug @ ug).item(),
+                "cross": (2 * uwd @ ug).item(),
+                "delta": (w1 @ w1 - w @ w).item(),
+                "radial": ((w.norm() + u_r) ** 2 - w @ w).item(),
+                "tangential": (u_perp @ u_perp).item(),
+                "angle": math.atan2(u_perp.norm().item(), (w.norm() + u_r).item()),
+                "lars_ratio": (lr * trust_g.norm() / w.norm()).item(),
+                "grad_autocorr": (g @ mem / (g.norm() * mem.norm())).item() if mem.norm() > 0 else None,
+            }
+        out.append(step)
+    return out
+
+
+def _refs(family: str, **hp) -> dict[str, Reference]:
+    return {n: Reference(family, **hp) for names in LAYERS.values() for n in names}
+
+
+def _value(history, metric: str, layer: str, step: int):
+    return dict(history.get(f"normwatch/{metric}/{layer}", [])).get(step)
+
+
+OPTIMIZERS = [
+    ("sgd", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=1e-2), dict(lr=0.1, wd=1e-2)),
+    ("sgd-heavy-ball", lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3),
+     dict(lr=0.05, wd=5e-3, momentum=0.9)),
+    ("sgd-nesterov", lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                                               weight_decay=5e-3), dict(lr=0.05, wd=5e-3, momentum=0.9, nesterov=True)),
+    ("sgd-dampening",
+     lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.8, dampening=0.3, weight_decay=5e-3),
+     dict(lr=0.05, wd=5e-3, momentum=0.8, dampening=0.3)),
+    ("sgd-foreach-off", lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3,
+                                                  foreach=False), dict(lr=0.05, wd=5e-3, momentum=0.9)),
+    ("adam-l2", lambda m: torch.optim.Adam(m.parameters(), lr=1e-2, weight_decay=1e-2),
+     dict(lr=1e-2, wd=1e-2)),
+    ("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=5e-2), dict(lr=1e-2, wd=5e-2)),
+    ("lars", lambda m: LARS(m.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-3),
+     dict(lr=0.02, wd=5e-3, momentum=0.9)),
+]
+FAMILY = {"sgd": "sgd", "sgd-heavy-ball": "sgd", "sgd-nesterov": "sgd", "sgd-dampening": "sgd",
+          "sgd-foreach-off": "sgd", "adam-l2": "adam", "adamw": "adamw", "lars": "lars"}
+
+
+@pytest.mark.parametrize(("name", "make_opt", "hp"), [pytest.param(*o, id=o[0]) for o in OPTIMIZERS])
+def test_metrics_match_float64_reference(name, make_opt, hp) -> None:
+    """Every metric, every step, every layer equals the hand-computed reference."""
+    watch, captured = _train(make_opt)
+    family = FAMILY[name]
+    lr = hp["lr"]
+    reference = _reference_metrics(captured, _refs(family, **hp), lr, lars=family == "lars")
+    history = watch.history
+    for step, expected in enumerate(reference):
+        for layer, metrics in expected.items():
+            scale = metrics["w_norm2"]
+            for metric, want in metrics.items():
+                if metric == "delta" or want is None:
+                    continue
+                got = _value(history, metric, layer, step)
+                assert got is not None, f"{metric}/{layer} missing at step {step}"
+                if metric in ("shrink", "growth", "cross", "radial", "tangential"):
+                    tol = 1e-5 * scale
+                elif metric in ("cos_wg", "grad_autocorr"):
+                    tol = 1e-4
+                else:
+                    tol = 1e-5 * abs(want)
+                assert got == pytest.approx(want, abs=tol + 1e-12), (name, metric, layer, step)
+
+
+@pytest.mark.parametrize(("name", "make_opt", "hp"), [pytest.param(*o, id=o[0]) for o in OPTIMIZERS])
+def test_norm_bookkeeping_adds_up_to_the_measured_change(name, make_opt, hp) -> None:
+    """growth − shrink + cross and radial + tangential both equal |w_{t+1}|² − |w_t|² to float precision."""
+    watch, captured = _train(make_opt)
+    history = watch.history
+    for step, record in enumerate(captured):
+        for layer, names in LAYERS.items():
+            w = torch.cat([record[n][0].flatten() for n in names])
+            w1 = torch.cat([record[n][2].flatten() for n in names])
+            measured = (w1 @ w1 - w @ w).item()
+            split = (_value(history, "growth", layer, step) - _value(history, "shrink", layer, step)
+                     + _value(history, "cross", layer, step))
+            radial = _value(history, "radial", layer, step) + _value(history, "tangential", layer, step)
+            # float32 sums of O(|w|²) terms: a few ulps of |w|², far below the change itself
+            tol = 2e-6 * (w @ w).item()
+            assert split == pytest.approx(measured, abs=tol), (step, layer)
+            assert radial == pytest.approx(measured, abs=tol), (step, layer)
+
+
+def test_sgd_without_momentum_reduces_to_the_seed_equations() -> None:
+    """(1′) shrink = (1 − (1−ηλ)²)|w|², (2′) growth = η²|g|² − 2η w·g, cross = 2η²λ w·g."""
+    lr, wd = 0.1, 1e-2
+    watch, captured = _train(lambda m: torch.optim.SGD(m.parameters(), lr=lr, weight_decay=wd))
+    history = watch.history
+    for step, record in enumerate(captured):
+        w, g = record["0.weight"][0].flatten(), record["0.weight"][1].flatten()
+        ww, gg, wg = (w @ w).item(), (g @ g).item(), (w @ g).item()
+        assert _value(history, "shrink", "0", step) == pytest.approx((1 - (1 - lr * wd) ** 2) * ww, rel=1e-5)
+        assert _value(history, "growth", "0", step) == pytest.approx(lr**2 * gg - 2 * lr * wg, rel=1e-4, abs=1e-9)
+        assert _value(history, "cross", "0", step) == pytest.approx(2 * lr**2 * wd * wg, abs=1e-9)
+
+
+def test_theory_tags_use_the_seed_formulas() -> None:
+    """Heavy-ball SGD: lars_theory = √(2ηλ(1−μ)) (seed eq. 7), angle_theory = √(2ηλ/(1+μ)), to O(ηλ)."""
+    lr, wd, mu = 0.05, 5e-3, 0.9
+    watch, _ = _train(lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=mu, weight_decay=wd))
+    ratio = math.sqrt(2 * lr * wd * (1 - mu))
+    assert _value(watch.history, "lars_theory", "0", 3) == pytest.approx(ratio, rel=1e-3)
+    assert _value(watch.history, "angle_theory", "0", 3) == pytest.approx(math.sqrt(2 * lr * wd / (1 + mu)), rel=1e-3)
+
+
+def test_no_weight_decay_means_no_theory_tags_and_one_note() -> None:
+    with pytest.warns(UserWarning, match="weight_decay=0"):
+        watch, _ = _train(lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9))
+    assert not any("theory" in tag for tag in watch.history)
+    assert "normwatch/angle/0" in watch.history
+
+
+def test_unknown_optimizer_gets_every_measured_metric_and_a_note() -> None:
+    """RMSprop: no split and no theory, but |w|², cos, radial/tangential, angle, lars_ratio, autocorr."""
+    with pytest.warns(UserWarning, match="no theory applies"):
+        watch, captured = _train(lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-3, weight_decay=1e-2))
+    metrics = {tag.split("/")[1] for tag in watch.history}
+    assert {"w_norm2", "cos_wg", "radial", "tangential", "angle", "lars_ratio", "grad_autocorr"} <= metrics
+    assert not metrics & {"shrink", "growth", "cross", "lars_theory", "angle_theory"}
+    w, _, w1 = captured[4]["0.weight"]
+    assert (_value(watch.history, "radial", "0", 4) + _value(watch.history, "tangential", "0", 4)
+            == pytest.approx((w1.flatten() @ w1.flatten() - w.flatten() @ w.flatten()).item(), abs=1e-6))
+
+
+def test_every_records_every_nth_step_and_keeps_the_memory_exact() -> None:
+    """every=3 records steps 0, 3, 6, 9 and their autocorrelation still uses every gradient."""
+    watch_all, _ = _train(lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3))
+    watch_3, _ = _train(lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3),
+                        every=3)
+    steps = [s for s, _ in watch_3.history["normwatch/w_norm2/0"]]
+    assert steps == [0, 3, 6, 9]
+    for s in (3, 6, 9):
+        for metric in ("grad_autocorr", "shrink", "angle"):
+            assert _value(watch_3.history, metric, "0", s) == pytest.approx(
+                _value(watch_all.history, metric, "0", s), rel=1e-6, abs=1e-9)

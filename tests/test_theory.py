@@ -1,0 +1,575 @@
+"""Check normwatch.theory against the dynamics it describes.
+
+Two kinds of check, both independent of the closed forms in normwatch/theory.py:
+
+1. Stationary second moments from the optimizers' update rules written as a linear state-space
+   map ``s' = M s + N g`` (per coordinate, unit-variance white gradient) and solved as a discrete
+   Lyapunov equation. This checks the algebra of the "exact" SGD/Adam forms to 1e-9.
+2. The pure-noise scale-invariant toy, stepped by the real optimizers: ``w ∈ R^C``,
+   ``g = (σ/|w|)·P⊥ξ``, ``ξ ~ N(0, I/C)`` fresh every step (seeded), float64. Many independent
+   runs are rows of one ``(R, C)`` tensor per setting for the per-element optimizers (torch SGD,
+   Adam, AdamW), and separate 1-D parameters for the per-tensor LARS; norms and angles are per
+   row. Each setting is a param group of one optimizer. Runs start at the *leading-order*
+   (seed/theory.md) equilibrium norm, burn in for >= 4 relaxation times, then average the
+   per-step ``lr·|g|/|w|`` and ``θ = atan2(|u⊥|, |w| + u·ŵ)``.
+
+Tolerances. Over the averaging window the standard error of a setting's mean is <= 0.12 %
+(measured across rows), and the per-step means sit a relative ~1/(4C) = 0.1 % below the
+stationary second-moment values (Jensen: ``E|ξ⊥| = sqrt(E|ξ⊥|²)(1 - 1/(4C))``), so
+``REL_TOL = 0.5 %`` is about 4 standard errors plus that bias. The settings with ηλ = 0.05
+separate the exact forms from the leading-order ones by 0.9-1.3 %, above that tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from normwatch import theory
+from normwatch.optim import LARS
+
+C = 256  # elements per invariant group
+SIGMA = 1.0
+G2 = SIGMA**2 * (C - 1) / C  # E|g|²|w|² for the toy
+REL_TOL = 5e-3
+
+
+# --------------------------------------------------------------------------------------------
+# The toy
+# --------------------------------------------------------------------------------------------
+
+
+def _simulate(make_opt, norms, lrs, *, rows, steps, burn, per_row=False, seed=0, track=False):
+    """Step the toy with a real optimizer; one param group per setting.
+
+    Returns per-(setting, row) means over steps ``burn..steps`` of the angle, ``lr·|g|/|w|``
+    (times the trust ratio for LARS), and ``|g|²/C``; optionally the |w|² history.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k = len(norms)
+    w = torch.randn(k, rows, C, generator=gen, dtype=torch.float64)
+    w *= torch.tensor(norms, dtype=torch.float64).view(k, 1, 1) / w.norm(dim=-1, keepdim=True)
+    # Parameters alias rows/blocks of `w`, so the optimizer's in-place updates land in `w`.
+    if per_row:
+        groups = [[torch.nn.Parameter(w[i, r]) for r in range(rows)] for i in range(k)]
+    else:
+        groups = [[torch.nn.Parameter(w[i])] for i in range(k)]
+    opt = make_opt(groups)
+    flat = [p for ps in groups for p in ps]
+    lr = torch.tensor(lrs, dtype=torch.float64).view(k, 1)
+    acc = {key: torch.zeros(k, rows, dtype=torch.float64) for key in ("theta", "ratio", "g2")}
+    hist = []
+    scale = 1.0 / math.sqrt(C)
+    for t in range(steps):
+        n2 = (w * w).sum(-1, keepdim=True)
+        xi = torch.randn(w.shape, generator=gen, dtype=torch.float64).mul_(scale)
+        xi -= (xi * w).sum(-1, keepdim=True) / n2 * w  # P⊥ξ
+        g = xi.mul_(SIGMA / n2.sqrt())
+        g_views = g.view(-1, C) if per_row else g
+        for i, p in enumerate(flat):
+            p.grad = g_views[i]
+        w_old = w.clone()
+        opt.step()
+        if track:
+            hist.append(n2.squeeze(-1).clone())
+        if t < burn:
+            continue
+        n = n2.sqrt()
+        u = w - w_old
+        u_r = (u * w_old).sum(-1, keepdim=True) / n
+        u_perp = u - u_r * (w_old / n)
+        acc["theta"] += torch.atan2(u_perp.norm(dim=-1), (n + u_r).squeeze(-1))
+        g_norm = g.norm(dim=-1)
+        ratio = lr * g_norm / n.squeeze(-1)
+        if per_row:
+            trust = torch.stack([opt.state[p]["trust_ratio"] for p in flat]).view(k, rows)
+            ratio = ratio * trust
+        acc["ratio"] += ratio
+        acc["g2"] += g_norm**2 / C
+    out = {key: v / (steps - burn) for key, v in acc.items()}
+    if track:
+        out["hist"] = torch.stack(hist)
+    return out
+
+
+def _rel(measured, predicted):
+    return measured / predicted - 1.0
+
+
+def _check(name, measured_rows, predicted, tol=REL_TOL):
+    means = measured_rows.mean(dim=1).tolist()
+    bad = [
+        f"{name}[{i}]: measured {m:.6g}, predicted {p:.6g} ({100 * _rel(m, p):+.3f} %)"
+        for i, (m, p) in enumerate(zip(means, predicted, strict=True))
+        if abs(_rel(m, p)) > tol
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def _sgd_leading_norm(lr, wd, mu, damp):
+    """Seed eq. 7 with dampening (theory.md): |w|⁴ = η(1-τ)G²/(2λ(1-μ))."""
+    if mu == 0:
+        damp = 0.0
+    return (lr * (1 - damp) * G2 / (2 * wd * (1 - mu))) ** 0.25
+
+
+def _fit_time_constant(y, y_star, lo=0.05, hi=0.8):
+    """Least-squares slope of log((y - y*)/(y0 - y*)) while that excess is in (lo, hi)."""
+    excess = (y - y_star) / (y[0] - y_star)
+    idx = torch.nonzero((excess > lo) & (excess < hi)).squeeze(1)
+    t = idx.to(torch.float64)
+    slope = np.polyfit(t.numpy(), torch.log(excess[idx]).numpy(), 1)[0]
+    return -1.0 / slope
+
+
+# --------------------------------------------------------------------------------------------
+# SGD family
+# --------------------------------------------------------------------------------------------
+
+# (lr, weight_decay, momentum, dampening, nesterov)
+SGD_SETTINGS = [
+    (0.1, 5e-3, 0.9, 0.0, False),  # heavy ball
+    (0.05, 0.02, 0.5, 0.0, False),
+    (0.5, 0.01, 0.0, 0.0, False),  # plain SGD
+    (0.1, 5e-3, 0.9, 0.0, True),  # Nesterov
+    (0.05, 0.02, 0.5, 0.0, True),
+    (1.0, 0.01, 0.9, 0.9, False),  # dampening = momentum (EMA convention)
+    (0.1, 0.02, 0.8, 0.5, False),
+    (0.5, 0.01, 0.0, 0.5, False),  # torch ignores dampening without momentum
+    (1.0, 0.05, 0.0, 0.0, False),  # ηλ = 0.05: exact vs leading order
+    (0.2, 0.25, 0.5, 0.0, False),
+    (0.2, 0.25, 0.5, 0.0, True),
+]
+LARGE_ETA_LAMBDA = [8, 9, 10]
+
+
+@pytest.fixture(scope="module")
+def sgd_run():
+    norms = [_sgd_leading_norm(*s[:4]) for s in SGD_SETTINGS]
+    burn = 1000  # >= 8 relaxation times of the slowest setting (τ_eq = 125 steps)
+    assert burn >= 8 * max(theory.sgd_relaxation_steps(*s[:4]) for s in SGD_SETTINGS)
+
+    def make(groups):
+        return torch.optim.SGD(
+            [
+                {"params": ps, "lr": lr, "weight_decay": wd, "momentum": mu, "dampening": dp, "nesterov": ne}
+                for ps, (lr, wd, mu, dp, ne) in zip(groups, SGD_SETTINGS, strict=True)
+            ],
+            lr=0.1,
+        )
+
+    return _simulate(make, norms, [s[0] for s in SGD_SETTINGS], rows=8, steps=2500, burn=burn)
+
+
+def test_sgd_lars_ratio_matches_simulation(sgd_run):
+    _check("lr|g|/|w|", sgd_run["ratio"], [theory.sgd_lars_ratio(*s) for s in SGD_SETTINGS])
+
+
+def test_sgd_angle_matches_simulation(sgd_run):
+    _check("theta", sgd_run["theta"], [theory.sgd_angle(*s) for s in SGD_SETTINGS])
+
+
+def test_sgd_exact_form_beats_leading_order(sgd_run):
+    """At ηλ = 0.05 the seed's sqrt(2ηλ(1-μ)) is visibly off; the shipped form is not."""
+    ratio = sgd_run["ratio"].mean(dim=1)
+    for i in LARGE_ETA_LAMBDA:
+        lr, wd, mu, _, _ = SGD_SETTINGS[i]
+        leading = math.sqrt(2 * lr * wd * (1 - mu))
+        assert _rel(ratio[i].item(), leading) < -0.008
+        assert abs(_rel(ratio[i].item(), theory.sgd_lars_ratio(*SGD_SETTINGS[i]))) < 0.003
+
+
+def test_nesterov_rotates_faster_at_the_same_ratio(sgd_run):
+    theta = sgd_run["theta"].mean(dim=1)
+    ratio = sgd_run["ratio"].mean(dim=1)
+    assert theta[3] / theta[0] > 1.1  # μ = 0.9: theory.md's factor 1.158
+    assert abs(ratio[3] / ratio[0] - 1) < 0.01
+
+
+def _lyapunov(m, n):
+    """Stationary covariance Σ = MΣMᵀ + NNᵀ of s' = M s + N g with unit-variance white g."""
+    d = m.shape[0]
+    sigma = np.linalg.solve(np.eye(d * d) - np.kron(m, m), np.outer(n, n).ravel()).reshape(d, d)
+    return sigma, m @ sigma
+
+
+def _sgd_state_space(lr, wd, mu, damp, nesterov):
+    """torch.optim.SGD per coordinate on state (w_t, b_{t-1}), written from its documented rule."""
+    if mu == 0:
+        return np.array([[1 - lr * wd, 0.0], [0.0, 0.0]]), np.array([-lr, 0.0])
+    c = 1 - damp
+    b_row, b_g = np.array([c * wd, mu]), c  # b' = μb + (1-τ)(g + λw)
+    if nesterov:  # step = (g + λw) + μb'
+        s_row, s_g = np.array([wd, 0.0]) + mu * b_row, 1 + mu * b_g
+    else:  # step = b'
+        s_row, s_g = b_row, b_g
+    m = np.vstack([np.array([1.0, 0.0]) - lr * s_row, b_row])
+    return m, np.array([-lr * s_g, b_g])
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        (0.1, 5e-3, 0.9, 0.0, False),
+        (0.4, 5e-4, 0.9, 0.0, True),
+        (1.0, 0.05, 0.0, 0.0, False),
+        (0.3, 0.1, 0.7, 0.3, False),
+        (0.2, 0.25, 0.5, 0.0, True),
+        (0.3, 0.1, 0.7, 0.3, True),  # Nesterov with dampening: torch refuses it, the algebra holds
+        (0.5, 0.01, 0.0, 0.5, True),  # no momentum: dampening and nesterov ignored
+        (0.5, 0.3, 0.95, 0.0, False),  # strongly underdamped
+    ],
+)
+def test_sgd_closed_forms_match_state_space(setting):
+    sigma, cross = _lyapunov(*_sgd_state_space(*setting))
+    lr = setting[0]
+    ratio = math.sqrt(lr**2 / sigma[0, 0])  # η² E|g|² / E|w|², E g² = 1
+    angle = math.acos(cross[0, 0] / sigma[0, 0])  # E[w_{t+1} w_t] / E w²
+    assert theory.sgd_lars_ratio(*setting) == pytest.approx(ratio, rel=1e-9)
+    assert theory.sgd_angle(*setting) == pytest.approx(angle, rel=1e-6)
+
+
+def test_sgd_leading_order_and_myrtle_numbers():
+    """theory.md's table and Myrtle numbers (η=0.4, λ=5e-4, μ=0.9) in the ηλ → 0 limit."""
+    lr, wd, mu = 0.4, 5e-4, 0.9
+    assert theory.sgd_angle(lr, wd, mu) == pytest.approx(math.sqrt(2 * lr * wd / (1 + mu)), rel=1e-3)
+    assert theory.sgd_angle(lr, wd, mu) == pytest.approx(0.0145, abs=1e-4)
+    assert theory.sgd_angle(lr, wd, mu, nesterov=True) == pytest.approx(0.0168, abs=1e-4)
+    nesterov_lead = math.sqrt(2 * lr * wd * (1 + 2 * mu - 2 * mu**3) / (1 + mu))
+    assert theory.sgd_angle(lr, wd, mu, nesterov=True) == pytest.approx(nesterov_lead, rel=1e-3)
+    for nesterov in (False, True):
+        assert theory.sgd_lars_ratio(lr, wd, mu, nesterov=nesterov) == pytest.approx(0.00632, abs=1e-5)
+    assert theory.sgd_relaxation_steps(lr, wd, mu) == pytest.approx(125.0)
+    # Dampening: η → η(1-τ) in the angle, ratio sqrt(2ηλ(1-μ)/(1-τ)).
+    assert theory.sgd_angle(1e-3, 0.1, 0.9, 0.5) == pytest.approx(math.sqrt(1e-4 / 1.9), rel=1e-4)
+    assert theory.sgd_lars_ratio(1e-3, 0.1, 0.9, 0.5) == pytest.approx(math.sqrt(2e-5 / 0.5), rel=1e-4)
+    # μ = 0 exact forms of theory.md: cos θ = 1 - ηλ, ratio sqrt(2ηλ - η²λ²).
+    assert math.cos(theory.sgd_angle(1.0, 0.05)) == pytest.approx(0.95, rel=1e-12)
+    assert theory.sgd_lars_ratio(1.0, 0.05) == pytest.approx(math.sqrt(0.1 - 0.0025), rel=1e-12)
+    # Without momentum torch ignores dampening; so do the formulas.
+    assert theory.sgd_angle(0.5, 0.01, 0.0, 0.5) == theory.sgd_angle(0.5, 0.01)
+    assert theory.sgd_relaxation_steps(0.5, 0.01, 0.0, 0.5) == theory.sgd_relaxation_steps(0.5, 0.01)
+
+
+def test_sgd_relaxation_steps_matches_simulation():
+    # (lr, wd, momentum, dampening, nesterov); ηλ ≪ (1-μ)² so the leading form applies (±1 %).
+    settings = [
+        (0.1, 1e-3, 0.9, 0.0, False),
+        (0.1, 1e-2, 0.0, 0.0, False),
+        (0.2, 5e-3, 0.5, 0.5, False),
+        (0.1, 1e-3, 0.9, 0.0, True),
+    ]
+    taus = [theory.sgd_relaxation_steps(*s[:4]) for s in settings]
+    # Equilibrium |w*|⁴ = η²G²/ratio² (checked above); the fit starts 80 |w*|⁴ above it.
+    w_star4 = [s[0] ** 2 * G2 / theory.sgd_lars_ratio(*s) ** 2 for s in settings]
+
+    def make(groups):
+        return torch.optim.SGD(
+            [
+                {"params": ps, "lr": lr, "weight_decay": wd, "momentum": mu, "dampening": dp, "nesterov": ne}
+                for ps, (lr, wd, mu, dp, ne) in zip(groups, settings, strict=True)
+            ],
+            lr=0.1,
+        )
+
+    steps = int(4 * max(taus))
+    out = _simulate(
+        make,
+        [3 * y**0.25 for y in w_star4],
+        [s[0] for s in settings],
+        rows=4,
+        steps=steps,
+        burn=steps,
+        track=True,
+        seed=1,
+    )
+    for i, tau in enumerate(taus):
+        fitted = _fit_time_constant((out["hist"][:, i] ** 2).mean(dim=1), w_star4[i])
+        # The leading-order τ_eq is off by ≈ ηλμ/(1-μ)² ≈ 1 % here, plus mean-field error.
+        assert abs(_rel(fitted, tau)) < 0.03, (settings[i], fitted, tau)
+
+
+# --------------------------------------------------------------------------------------------
+# Adam / AdamW
+# --------------------------------------------------------------------------------------------
+
+# (lr, weight_decay, beta1)
+ADAMW_SETTINGS = [
+    (0.01, 0.2, 0.9),
+    (0.02, 0.1, 0.0),
+    (0.01, 0.3, 0.5),
+    (0.004, 0.5, 0.95),
+    (0.05, 1.0, 0.9),  # ηλ = 0.05: exact vs leading order
+]
+
+
+def _adamw_stationary_sq_norm(lr, wd, beta1):
+    """Wen et al.'s table: |W|² = η²C (1-β1)/(1+β1) (1+aβ1)/((1-a²)(1-aβ1)), a = 1 - ηλ."""
+    a = 1 - lr * wd
+    return lr**2 * C * (1 - beta1) / (1 + beta1) * (1 + a * beta1) / ((1 - a * a) * (1 - a * beta1))
+
+
+def test_adamw_angle_matches_simulation():
+    norms = [math.sqrt(lr * C / (2 * wd)) for lr, wd, _ in ADAMW_SETTINGS]  # leading order
+    burn = 1000
+    assert burn >= 4 * max(theory.adamw_relaxation_steps(lr, wd) for lr, wd, _ in ADAMW_SETTINGS)
+
+    def make(groups):
+        return torch.optim.AdamW(
+            [
+                {"params": ps, "lr": lr, "weight_decay": wd, "betas": (b1, 0.999)}
+                for ps, (lr, wd, b1) in zip(groups, ADAMW_SETTINGS, strict=True)
+            ],
+            eps=1e-30,
+        )
+
+    out = _simulate(make, norms, [s[0] for s in ADAMW_SETTINGS], rows=8, steps=2500, burn=burn, seed=2)
+    _check("theta", out["theta"], [theory.adamw_angle(*s) for s in ADAMW_SETTINGS])
+    lr, wd, b1 = ADAMW_SETTINGS[-1]
+    leading = math.sqrt(2 * lr * wd * (1 - b1) / (1 + b1))
+    assert _rel(out["theta"][-1].mean().item(), leading) > 0.008
+
+
+def test_adamw_closed_form_matches_state_space():
+    for lr, wd, b1 in [(0.01, 0.2, 0.9), (0.05, 1.0, 0.9), (0.3, 1.0, 0.5), (0.1, 0.1, 0.0)]:
+        # state (w_t, m_{t-1}); m' = β1 m + (1-β1) g; w' = a w - η m'  (sqrt(v) = RMS(g) = 1)
+        a = 1 - lr * wd
+        m = np.array([[a, -lr * b1], [0.0, b1]])
+        n = np.array([-lr * (1 - b1), 1 - b1])
+        sigma, cross = _lyapunov(m, n)
+        assert theory.adamw_angle(lr, wd, b1) == pytest.approx(math.acos(cross[0, 0] / sigma[0, 0]), rel=1e-6)
+        assert sigma[0, 0] * C == pytest.approx(_adamw_stationary_sq_norm(lr, wd, b1), rel=1e-9)
+        # theory.md's "exact" expression is sin θ, not θ.
+        s = math.sqrt((1 - a * a) * (1 - b1 * b1)) / (1 + a * b1)
+        assert math.sin(theory.adamw_angle(lr, wd, b1)) == pytest.approx(s, rel=1e-9)
+
+
+@pytest.mark.parametrize(("beta2", "tol"), [(0.95, 0.04)])
+def test_adamw_relaxation_steps_matches_simulation(beta2, tol):
+    # β2 = 0.95 keeps sqrt(v̂) within ~20 steps of the changing gradient RMS (τ = 250-500).
+    settings = [(0.01, 0.2, 0.9), (0.01, 0.1, 0.0)]
+    taus = [theory.adamw_relaxation_steps(lr, wd) for lr, wd, _ in settings]
+    w_star2 = [_adamw_stationary_sq_norm(*s) for s in settings]
+
+    def make(groups):
+        return torch.optim.AdamW(
+            [
+                {"params": ps, "lr": lr, "weight_decay": wd, "betas": (b1, beta2)}
+                for ps, (lr, wd, b1) in zip(groups, settings, strict=True)
+            ],
+            eps=1e-30,
+        )
+
+    steps = int(4 * max(taus))
+    out = _simulate(
+        make,
+        [3 * math.sqrt(y) for y in w_star2],
+        [s[0] for s in settings],
+        rows=4,
+        steps=steps,
+        burn=steps,
+        track=True,
+        seed=3,
+    )
+    for i, tau in enumerate(taus):
+        # lo = 0.1: the v̂-noise bias of |w*|² (~2 % at β2 = 0.95) stays < 3 % of the fitted excess.
+        fitted = _fit_time_constant(out["hist"][:, i].mean(dim=1), w_star2[i], lo=0.1)
+        assert abs(_rel(fitted, tau)) < tol, (settings[i], fitted, tau)
+
+
+def test_adamw_relaxation_is_slower_when_beta2_lags():
+    """Documented limit: with the default β2 = 0.999 (memory 1000 steps > τ = 250) sqrt(v̂) lags
+    the growing gradient RMS of a shrinking scale-invariant weight, and |w|² relaxes much slower."""
+    lr, wd, b1 = 0.01, 0.2, 0.9
+    tau = theory.adamw_relaxation_steps(lr, wd)
+    w_star2 = _adamw_stationary_sq_norm(lr, wd, b1)
+
+    def make(groups):
+        return torch.optim.AdamW(groups[0], lr=lr, weight_decay=wd, betas=(b1, 0.999), eps=1e-30)
+
+    steps = int(4 * tau)
+    out = _simulate(make, [3 * math.sqrt(w_star2)], [lr], rows=4, steps=steps, burn=steps, track=True, seed=3)
+    fitted = _fit_time_constant(out["hist"][:, 0].mean(dim=1), w_star2, lo=0.1)
+    assert fitted > 1.2 * tau
+
+
+# (lr, weight_decay, beta1); equilibrium θ 0.02-0.05, so |w| relaxes within ~100 steps
+ADAM_SETTINGS = [
+    (0.01, 0.05, 0.9),
+    (0.003, 0.1, 0.5),
+    (0.002, 0.1, 0.0),
+    (0.02, 0.01, 0.95),
+]
+
+
+def test_adam_l2_angle_matches_simulation():
+    # Leading-order norm (theory.md): |w|³ = η sqrt(C) G / (2λ).
+    norms = [(lr * math.sqrt(C * G2) / (2 * wd)) ** (1 / 3) for lr, wd, _ in ADAM_SETTINGS]
+
+    def make(groups):
+        return torch.optim.Adam(
+            [
+                {"params": ps, "lr": lr, "weight_decay": wd, "betas": (b1, 0.999)}
+                for ps, (lr, wd, b1) in zip(groups, ADAM_SETTINGS, strict=True)
+            ],
+            eps=1e-30,
+        )
+
+    out = _simulate(make, norms, [s[0] for s in ADAM_SETTINGS], rows=8, steps=2000, burn=800, seed=4)
+    grad_rms = out["g2"].mean(dim=1).sqrt().tolist()  # measured, as a monitor would
+    _check(
+        "theta",
+        out["theta"],
+        [theory.adam_l2_angle(*s, r) for s, r in zip(ADAM_SETTINGS, grad_rms, strict=True)],
+    )
+    for (lr, wd, b1), r in zip(ADAM_SETTINGS, grad_rms, strict=True):
+        lead = math.sqrt(2 * lr * wd * (1 - b1) / ((1 + b1) * r))
+        assert theory.adam_l2_angle(lr, wd, b1, r) == pytest.approx(lead, rel=2e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# normwatch LARS
+# --------------------------------------------------------------------------------------------
+
+# (lr, weight_decay, momentum)
+LARS_SETTINGS = [
+    (0.01, 5e-3, 0.9),
+    (0.02, 0.01, 0.9),
+    (0.05, 0.01, 0.5),
+    (0.1, 0.05, 0.0),
+    (0.1, 0.05, 0.9),  # η/(2(1-μ)) = 0.5: the leading form is 9 % off
+]
+
+
+def test_lars_matches_simulation():
+    # Leading-order norm (theory.md): |w|² = ηG/(2λ(1-μ)); |w|² relaxes at ≈ η²/(1-μ)² per step.
+    norms = [math.sqrt(lr * math.sqrt(G2) / (2 * wd * (1 - mu))) for lr, wd, mu in LARS_SETTINGS]
+    burn = 800
+    assert burn >= 8 * max((1 - mu) ** 2 / lr**2 for lr, _, mu in LARS_SETTINGS)
+
+    def make(groups):
+        return LARS(
+            [
+                {"params": ps, "lr": lr, "weight_decay": wd, "momentum": mu}
+                for ps, (lr, wd, mu) in zip(groups, LARS_SETTINGS, strict=True)
+            ],
+            lr=0.1,
+        )
+
+    out = _simulate(
+        make, norms, [s[0] for s in LARS_SETTINGS], rows=6, steps=2000, burn=burn, per_row=True, seed=5
+    )
+    _check("theta", out["theta"], [theory.lars_angle(lr, mu) for lr, _, mu in LARS_SETTINGS])
+    small = LARS_SETTINGS[:4]  # η/(2(1-μ)) <= 0.1
+    # lars_ratio(lr) = lr where η ≪ 2(1-μ) ...
+    _check("lr*trust*|g|/|w|", out["ratio"][:4], [theory.lars_ratio(lr) for lr, _, _ in small], tol=0.01)
+    # ... up to the docstring's factor 1/sqrt(1+κ²), κ ≈ lr/(2(1-μ)).
+    corrected = [lr / math.sqrt(1 + (lr / (2 * (1 - mu))) ** 2) for lr, _, mu in small]
+    _check("lr*trust*|g|/|w|", out["ratio"][:4], corrected)
+    # Outside that regime the leading forms fail (documented): ratio -9 %, angle -9 %.
+    lr, _, mu = LARS_SETTINGS[-1]
+    assert _rel(out["ratio"][-1].mean().item(), theory.lars_ratio(lr)) < -0.05
+    assert _rel(out["theta"][-1].mean().item(), lr / math.sqrt(1 - mu**2)) < -0.05
+
+
+def test_lars_without_weight_decay_has_no_equilibrium():
+    """Why equilibrium("lars", weight_decay=0) is (None, None): the norm grows geometrically and the
+    angle drifts below lars_angle (simulated 11 % low at η = 0.02, μ = 0.9)."""
+    lr, mu = 0.02, 0.9
+
+    def make(groups):
+        return LARS(groups[0], lr=lr, momentum=mu, weight_decay=0.0)
+
+    out = _simulate(make, [1.0], [lr], rows=4, steps=300, burn=100, per_row=True, track=True, seed=6)
+    n2 = out["hist"][:, 0].mean(dim=1)
+    assert n2[-1] > 1e3 * n2[0]
+    assert (n2[100:] / n2[:-100]).min() > 5  # still growing geometrically, no equilibrium
+    assert _rel(out["theta"].mean().item(), theory.lars_angle(lr, mu)) < -0.05
+    assert out["ratio"].mean().item() == pytest.approx(lr, rel=1e-9)  # λ = 0: trust·|g| = |w|
+    assert theory.equilibrium("lars", lr=lr, weight_decay=0.0, momentum=mu) == (None, None)
+
+
+def test_lars_closed_forms():
+    assert theory.lars_ratio(0.0063) == 0.0063
+    assert theory.lars_angle(0.01, 0.9) == pytest.approx(0.01 / math.sqrt(1 - 0.81), rel=2e-3)
+    assert math.cos(theory.lars_angle(0.1, 0.0)) == pytest.approx(1 - 0.1**2 / 2, rel=1e-12)
+    assert theory.lars_angle(0.0, 0.9) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# equilibrium() dispatch and edge cases
+# --------------------------------------------------------------------------------------------
+
+
+def test_equilibrium_dispatch():
+    kw = {"lr": 0.1, "weight_decay": 5e-4}
+    assert theory.equilibrium("sgd", **kw, momentum=0.9, nesterov=True) == (
+        theory.sgd_lars_ratio(0.1, 5e-4, 0.9, 0.0, True),
+        theory.sgd_angle(0.1, 5e-4, 0.9, 0.0, True),
+    )
+    assert theory.equilibrium("sgd", **kw, momentum=0.8, dampening=0.8) == (
+        theory.sgd_lars_ratio(0.1, 5e-4, 0.8, 0.8),
+        theory.sgd_angle(0.1, 5e-4, 0.8, 0.8),
+    )
+    # Adam/AdamW: momentum is ignored, beta1 is used; the ratio is never set.
+    assert theory.equilibrium("adamw", **kw, momentum=0.5, beta1=0.95) == (
+        None,
+        theory.adamw_angle(0.1, 5e-4, 0.95),
+    )
+    assert theory.equilibrium("adamw", **kw) == (None, theory.adamw_angle(0.1, 5e-4, 0.9))
+    assert theory.equilibrium("adam", **kw, momentum=0.5, grad_rms=0.01) == (
+        None,
+        theory.adam_l2_angle(0.1, 5e-4, 0.9, 0.01),
+    )
+    assert theory.equilibrium("lars", **kw, momentum=0.9) == (
+        theory.lars_ratio(0.1),
+        theory.lars_angle(0.1, 0.9),
+    )
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam", "adamw", "lars"])
+def test_equilibrium_none_without_weight_decay(family):
+    assert theory.equilibrium(family, lr=0.1, weight_decay=0.0, momentum=0.9, grad_rms=0.01) == (None, None)
+
+
+def test_equilibrium_none_cases():
+    assert theory.equilibrium("rmsprop", lr=0.1, weight_decay=5e-4) == (None, None)
+    assert theory.equilibrium("SGD", lr=0.1, weight_decay=5e-4) == (None, None)
+    assert theory.equilibrium("adam", lr=0.1, weight_decay=5e-4) == (None, None)
+    assert theory.equilibrium("adam", lr=0.1, weight_decay=5e-4, grad_rms=0.0) == (None, None)
+    # No stationary state: momentum 1, a buffer that never sees a gradient, ηλ too large.
+    assert theory.equilibrium("sgd", lr=0.1, weight_decay=5e-4, momentum=1.0) == (None, None)
+    assert theory.equilibrium("sgd", lr=0.1, weight_decay=5e-4, momentum=0.9, dampening=1.0) == (None, None)
+    assert theory.equilibrium("sgd", lr=10.0, weight_decay=0.5) == (None, None)
+    assert theory.equilibrium("adamw", lr=10.0, weight_decay=0.5) == (None, None)
+    # lr = 0 (start of a warmup): nothing moves.
+    assert theory.equilibrium("sgd", lr=0.0, weight_decay=5e-4, momentum=0.9) == (0.0, 0.0)
+
+
+def test_relaxation_steps_edge_cases():
+    assert theory.sgd_relaxation_steps(0.1, 0.0, 0.9) == math.inf
+    assert theory.sgd_relaxation_steps(0.1, 1e-3, 0.9, 1.0) == math.inf
+    assert theory.adamw_relaxation_steps(0.0, 0.1) == math.inf
+    assert theory.adamw_relaxation_steps(1e-3, 0.1) == pytest.approx(5000.0)
+    assert theory.sgd_relaxation_steps(0.1, 1e-3, 0.9, 0.5) == pytest.approx(0.1 / (4 * 0.1 * 0.5 * 1e-3))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: theory.sgd_angle(-1, 0.1), "Expected lr >= 0, got -1"),
+        (lambda: theory.sgd_lars_ratio(0.1, -0.1), "Expected weight_decay >= 0, got -0.1"),
+        (lambda: theory.sgd_angle(0.1, 0.1, 1.0), "Expected 0 <= momentum < 1, got 1.0"),
+        (lambda: theory.sgd_angle(0.1, 0.1, 0.9, 1.5), "Expected 0 <= dampening <= 1, got 1.5"),
+        (lambda: theory.adamw_angle(0.1, 0.1, 1.0), "Expected 0 <= beta1 < 1, got 1.0"),
+        (lambda: theory.adam_l2_angle(0.1, 0.1, 0.9, 0.0), "Expected grad_rms > 0, got 0.0"),
+        (lambda: theory.lars_angle(0.1, -0.5), "Expected 0 <= momentum < 1, got -0.5"),
+        (lambda: theory.sgd_angle(10.0, 0.5), "No stationary state"),
+    ],
+)
+def test_invalid_arguments_raise(call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        call()
