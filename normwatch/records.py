@@ -103,7 +103,7 @@ class Recorder:
             point[f"normwatch/momentum/{name}"] = hp.momentum
             grad_rms = math.sqrt(sums[i, stats.INDEX["gg"]] / self.numel[i]) if self.numel[i] else None
             ratio, angle = theory.equilibrium(
-                self.family, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,
+                hp.family, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,
                 dampening=hp.dampening, nesterov=hp.nesterov, beta1=hp.momentum, grad_rms=grad_rms)
             if ratio is not None and math.isfinite(ratio):
                 point[f"normwatch/lars_theory/{name}"] = ratio

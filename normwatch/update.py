@@ -33,9 +33,11 @@ DEFAULT_EMA_BETA = 0.9  # gradient memory for optimizers without momentum (the s
 class Hyper:
     """One parameter group's hyperparameters at one step.
 
-    ``momentum`` is SGD's/LARS's μ or Adam's β₁; ``ema_beta`` is the decay of normwatch's gradient memory.
+    ``momentum`` is SGD's/LARS's μ or Adam's β₁; ``ema_beta`` is the decay of normwatch's gradient memory;
+    ``family`` is the rule the group follows (a LARS group with ``"lars": False`` is plain SGD).
     """
 
+    family: Family
     lr: float
     weight_decay: float
     momentum: float
@@ -64,17 +66,18 @@ def family_of(optimizer: torch.optim.Optimizer) -> Family:
 def hyper(family: Family, group: dict[str, Any], default_beta: float = DEFAULT_EMA_BETA) -> Hyper:
     """Read a param group's hyperparameters (a tensor lr is read as a number: a host sync, once per flush)."""
     lr = group.get("lr", 0.0)
-    lr = float(lr) if not isinstance(lr, torch.Tensor) else lr
+    lr = float(lr) if not isinstance(lr, torch.Tensor) else lr.detach().clone()  # read later, on the writer thread
     weight_decay = float(group.get("weight_decay", 0.0) or 0.0)
     if family in ("adam", "adamw"):
         beta1 = float(group["betas"][0])
-        return Hyper(lr, weight_decay, beta1, 0.0, False, beta1)
+        return Hyper(family, lr, weight_decay, beta1, 0.0, False, beta1)
     if family in ("sgd", "lars"):
         momentum = float(group.get("momentum", 0.0) or 0.0)
         dampening = float(group.get("dampening", 0.0) or 0.0) if family == "sgd" else 0.0
         nesterov = bool(group.get("nesterov", False))
-        return Hyper(lr, weight_decay, momentum, dampening, nesterov, momentum if momentum > 0 else default_beta)
-    return Hyper(lr, weight_decay, 0.0, 0.0, False, default_beta)
+        rule: Family = "sgd" if family == "lars" and group.get("lars") is False else family
+        return Hyper(rule, lr, weight_decay, momentum, dampening, nesterov, momentum if momentum > 0 else default_beta)
+    return Hyper(family, lr, weight_decay, 0.0, 0.0, False, default_beta)
 
 
 def mirrors_momentum(family: Family, hp: Hyper) -> bool:

@@ -258,3 +258,17 @@ def test_every_records_every_nth_step_and_keeps_the_memory_exact() -> None:
         for metric in ("grad_autocorr", "shrink", "angle"):
             assert _value(watch_3.history, metric, "0", s) == pytest.approx(
                 _value(watch_all.history, metric, "0", s), rel=1e-6, abs=1e-9)
+
+
+def test_lars_plain_groups_get_sgd_theory() -> None:
+    """A LARS group with lars=False is heavy-ball SGD: its theory is SGD's; LARS groups predict lr·|g|/|w| = η."""
+    lr, wd, mu = 0.02, 5e-3, 0.9
+
+    def make(m: nn.Module) -> LARS:
+        first = [m[0].weight]
+        rest = [p for p in m.parameters() if p is not m[0].weight]
+        return LARS([{"params": first, "lars": False}, {"params": rest}], lr=lr, momentum=mu, weight_decay=wd)
+
+    watch, _ = _train(make)
+    assert _value(watch.history, "lars_theory", "0", 2) == pytest.approx(math.sqrt(2 * lr * wd * (1 - mu)), rel=1e-3)
+    assert _value(watch.history, "lars_theory", "4", 2) == pytest.approx(lr)

@@ -1,0 +1,115 @@
+"""normwatch's cost: the same ResNet-9 training with and without normwatch, interleaved in one process.
+
+    python benchmarks/overhead.py                          # CPU bar: width 16, batch 128, every=1 (≤ 1.05)
+    python benchmarks/overhead.py --device cuda --width 64 --batch 512   # GPU bar: full width (≤ 1.02)
+
+Two identical models train on identical batches; their steps alternate (plain, watched, plain, ...), so
+machine noise hits both alike. Prints the median step time of each, their ratio, and the extra memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normwatch
+
+
+def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.res1, self.res2 = conv_bn(c, c), conv_bn(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res2(self.res1(x))
+
+
+class Scale(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.125
+
+
+def resnet9(width: int = 64) -> nn.Module:
+    """Myrtle's ResNet-9 (6,573,120 parameters at width 64)."""
+    w = width
+    return nn.Sequential(conv_bn(3, w), conv_bn(w, 2 * w, pool=True), Residual(2 * w),
+                         conv_bn(2 * w, 4 * w, pool=True), conv_bn(4 * w, 8 * w, pool=True), Residual(8 * w),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(8 * w, 10, bias=False), Scale())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per arm")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--every", type=int, default=1)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    torch.manual_seed(0)
+    plain = resnet9(args.width).to(device)
+    watched = resnet9(args.width).to(device)
+    watched.load_state_dict(plain.state_dict())
+    if cuda:
+        plain, watched = plain.to(memory_format=torch.channels_last), watched.to(memory_format=torch.channels_last)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            for m in (plain, watched)]
+    logdir = tempfile.mkdtemp(prefix="normwatch-bench-")
+    watch = normwatch.attach(watched, opts[1], logdir=logdir, every=args.every)
+
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    if cuda:
+        x = x.to(memory_format=torch.channels_last)
+
+    def step(model: nn.Module, opt: torch.optim.Optimizer) -> float:
+        if cuda:
+            torch.cuda.synchronize()  # the benchmark's own sync, for timing; normwatch's hooks make none
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"plain": [], "normwatch": []}
+    for i in range(args.warmup + args.steps):
+        order = [("plain", plain, opts[0]), ("normwatch", watched, opts[1])]
+        for name, model, opt in order if i % 2 == 0 else reversed(order):
+            elapsed = step(model, opt)
+            if i >= args.warmup:
+                times[name].append(elapsed)
+    watch.close()
+
+    base, with_nw = statistics.median(times["plain"]), statistics.median(times["normwatch"])
+    params = sum(p.numel() * p.element_size() for p in watched.parameters())
+    instrumented = sum(dict(watched.named_parameters())[n].numel() * 4 for layer in watch.layers for n in layer.params)
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; torch {torch.__version__}; ResNet-9 width {args.width}, batch {args.batch}, "
+          f"every={args.every}, {args.steps} interleaved steps per arm")
+    print(f"median step: plain {base * 1e3:.2f} ms, with normwatch {with_nw * 1e3:.2f} ms")
+    print(f"ratio: {with_nw / base:.4f}")
+    print(f"layers: {len(watch.layers)}; instrumented parameters {instrumented / 2**20:.2f} MiB of "
+          f"{params / 2**20:.2f} MiB; extra memory (snapshots + gradient memory + ring) "
+          f"{(2 * instrumented + 64 * 8 * 14 * 4) / 2**20:.2f} MiB")
+
+
+if __name__ == "__main__":
+    main()
