@@ -126,6 +126,8 @@ class Watcher:
         self._closed = False
         self._calls = 0  # step-hook calls so far (skipped AMP steps included until the writer drops them)
         self._recording = False
+        self._in_step = False  # between the step pre-hook and post-hook
+        self._armed = False  # this step will be processed by the post-hook
         self._first: list[bool] = []
         self._layer_group: list[int] = []
         self._pending_state: dict[str, Any] | None = None
@@ -255,6 +257,8 @@ class Watcher:
                           "recorded. Training is not affected.", RuntimeWarning, stacklevel=2)
             found = []
         self._setup(self._select(found))
+        if self._in_step:  # the forward runs inside optimizer.step(closure): this step can still be recorded
+            self._arm()
 
     def _select(self, found: list[Layer]) -> list[Layer]:
         """Apply the user's ``layers`` patterns; warn about patterns that match nothing."""
@@ -349,8 +353,19 @@ class Watcher:
     # -- the step hooks (no host-device sync in here) ----------------------------------------------------
     @torch.compiler.disable
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._slots:
+        self._in_step = True
+        self._arm()
+
+    def _arm(self) -> None:
+        """Prepare the step now under way: snapshot w_t on recorded steps, note first momentum steps.
+
+        Runs in the step pre-hook, or, when the forward runs inside ``step(closure)`` (Lightning) and
+        detection happens there, right after detection: either way before the update touches w.
+        """
+        if not self._slots or self._armed:
             return
+        optimizer = self._optimizer
+        self._armed = True
         skip_aware = getattr(optimizer, "found_inf", None) is not None  # fused optimizer under a GradScaler
         self._recording = skip_aware or self._calls % self.every == 0
         self._recorder.filter_every = self._recorder.filter_every or (skip_aware and self.every > 1)
@@ -361,9 +376,10 @@ class Watcher:
 
     @torch.compiler.disable
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._slots:
+        call, self._calls = self._calls, self._calls + 1  # every step counts, recorded or not
+        armed, self._armed, self._in_step = self._armed, False, False
+        if not armed:
             return
-        call, self._calls = self._calls, self._calls + 1
         found_inf = getattr(optimizer, "found_inf", None)
         family = self._family
         hypers = {i: update.hyper(family, optimizer.param_groups[i], self._ema_beta)

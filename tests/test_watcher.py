@@ -324,7 +324,7 @@ def test_a_model_without_invariant_layers_warns_and_trains(tmp_path) -> None:
     with pytest.warns(RuntimeWarning, match="no scale-invariant layer"), \
             normwatch.attach(model, opt, logdir=str(tmp_path)) as watch:
         _train(model, opt, _batches(3))
-    assert watch.layers == [] and watch.step == 0
+    assert watch.layers == [] and watch.step == 3  # steps are counted, nothing is recorded
 
 
 def test_non_finite_gradients_write_no_bogus_point(tmp_path) -> None:
@@ -457,3 +457,25 @@ def test_repr_reports_the_extra_memory(tmp_path) -> None:
         params = model[0].weight.numel() + model[5].weight.numel()
         assert watch.extra_memory_bytes == 2 * 4 * params + 8 * 2 * 14 * 4
         assert "MiB" in repr(watch) and "layers=2" in repr(watch)
+
+
+def test_forward_inside_step_closure_is_recorded_from_the_first_step(tmp_path) -> None:
+    """Lightning calls optimizer.step(closure): detection happens inside the step; step 0 is still exact."""
+    batches = _batches(4)
+    plain_loop = _model()
+    opt = _sgd(plain_loop)
+    with normwatch.attach(plain_loop, opt, logdir=str(tmp_path / "a"), keep_history=True) as expected:
+        _train(plain_loop, opt, batches)
+    closure_loop = _model()
+    opt = _sgd(closure_loop)
+    with normwatch.attach(closure_loop, opt, logdir=str(tmp_path / "b"), keep_history=True) as watch:
+        for x, y in batches:
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = F.cross_entropy(closure_loop(x), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
+    for tag, points in expected.history.items():
+        assert [s for s, _ in watch.history[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in watch.history[tag]] == pytest.approx([v for _, v in points], rel=1e-5, abs=1e-8), tag
