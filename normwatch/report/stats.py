@@ -1,0 +1,229 @@
+r"""Pure numpy formulas the report uses: smoothing, equilibrium predictions, the norm target.
+
+Notation follows ``shared/reference/theory.md``: η is the learning rate, λ the weight decay,
+μ the momentum and τ_d the dampening (the seed writes λ, α, ρ for η, λ, μ). Every function
+takes numpy arrays (or floats) and returns arrays of the broadcast shape; none of them reads
+event files or draws anything, so the verdicts and the figures compute each quantity once,
+here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+FloatArray = NDArray[np.float64]
+
+#: A noisy series is smoothed over about this fraction of its logged points (see
+#: :func:`smoothing_window`).
+SMOOTHING_FRACTION = 1.0 / 50.0
+
+
+def smoothing_window(n: int) -> int:
+    """Width, in logged points, of the centred moving average used for noisy series.
+
+    Args:
+        n: number of logged points in the series.
+
+    Returns:
+        ``max(1, round(n · SMOOTHING_FRACTION))`` made odd, so the average is centred.
+
+    Example:
+        >>> smoothing_window(2000), smoothing_window(10)
+        (41, 1)
+    """
+    width = max(1, round(n * SMOOTHING_FRACTION))
+    return width if width % 2 == 1 else width + 1
+
+
+def moving_average(values: ArrayLike, window: int) -> FloatArray:
+    r"""Centred moving average that ignores NaNs and shrinks at the edges.
+
+    .. math:: \bar x_i = \frac{\sum_{j \in J_i} x_j}{|J_i|}, \quad
+        J_i = \{j : |j-i| \le h,\ x_j \text{ finite}\}, \quad h = \lfloor \text{window}/2 \rfloor
+
+    Args:
+        values: the series, shape ``(n,)``.
+        window: width in points (odd; an even width is widened by one).
+
+    Returns:
+        The smoothed series, shape ``(n,)``; NaN where no finite point lies within ``h``.
+
+    Example:
+        >>> moving_average([1.0, 2.0, 3.0, float("nan"), 5.0], 3).tolist()
+        [1.5, 2.0, 2.5, 4.0, 5.0]
+    """
+    x = np.asarray(values, dtype=np.float64)
+    half = max(int(window), 1) // 2
+    finite = np.isfinite(x)
+    padded_sum = np.concatenate([[0.0], np.cumsum(np.where(finite, x, 0.0))])
+    padded_cnt = np.concatenate([[0], np.cumsum(finite)])
+    idx = np.arange(x.size)
+    lo = np.clip(idx - half, 0, x.size)
+    hi = np.clip(idx + half + 1, 0, x.size)
+    total = padded_sum[hi] - padded_sum[lo]
+    count = padded_cnt[hi] - padded_cnt[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def relaxation_time(
+    lr: ArrayLike,
+    weight_decay: ArrayLike,
+    momentum: ArrayLike,
+    dampening: float = 0.0,
+    family: str = "sgd",
+) -> FloatArray:
+    r"""Relaxation time of the weight norm towards its equilibrium, in optimizer steps, per step.
+
+    .. math:: \tau = \frac{1-\mu}{4\,\eta(1-\tau_d)\,\lambda}
+
+    for the SGD family (theory.md §3: the mean-field equation :math:`d|w|^4/dt = -4\eta_e\lambda
+    |w|^4 + 2\eta_e^2G^2` with :math:`\eta_e = \eta(1-\tau_d)/(1-\mu)` relaxes at rate
+    :math:`1/\tau`), and :math:`1/(2\eta\lambda)` for ``"adam"`` / ``"adamw"`` (|w|² under
+    decoupled decay). The formulas live in :mod:`normwatch.theory`
+    (``sgd_relaxation_steps``, ``adamw_relaxation_steps``); this applies them step by step. Unknown
+    families use the SGD form.
+
+    Args:
+        lr: learning rate η per step.
+        weight_decay: weight decay λ per step.
+        momentum: momentum μ per step (0 for plain SGD).
+        dampening: SGD dampening τ_d.
+        family: normwatch's optimizer family.
+
+    Returns:
+        τ per step; ``inf`` where ηλ = 0 (no equilibrium) or the hyperparameters admit none.
+
+    Example:
+        >>> round(float(relaxation_time(0.4, 5e-4, 0.9)), 9)
+        125.0
+    """
+    from normwatch import theory
+
+    eta, lam, mu = np.broadcast_arrays(
+        np.asarray(lr, dtype=np.float64),
+        np.asarray(weight_decay, dtype=np.float64),
+        np.asarray(momentum, dtype=np.float64),
+    )
+    rows = np.stack([eta.ravel(), lam.ravel(), mu.ravel()], axis=-1)
+    combos, inverse = np.unique(rows, axis=0, return_inverse=True)
+    taus = np.empty(len(combos))
+    for i, (e, la, m) in enumerate(combos):
+        try:
+            if family in ("adam", "adamw"):
+                taus[i] = theory.adamw_relaxation_steps(float(e), float(la))
+            else:
+                taus[i] = theory.sgd_relaxation_steps(float(e), float(la), float(m), dampening)
+        except ValueError:  # negative or NaN hyperparameters, momentum >= 1: no equilibrium
+            taus[i] = np.inf
+    return taus[np.ravel(inverse)].reshape(eta.shape)
+
+
+def seed_lars_prediction(
+    lr: ArrayLike, weight_decay: ArrayLike, momentum: ArrayLike, dampening: float = 0.0
+) -> FloatArray:
+    r"""The seed's equilibrium value of η|g|/|w| (its eqs. 6 and 7), per step.
+
+    .. math:: \eta\frac{|g|}{|w|} \approx \sqrt{\frac{2\eta\lambda(1-\mu)}{1-\tau_d}}
+
+    For μ = 0 this is :math:`\sqrt{2\eta\lambda}`; dampening τ_d (theory.md §1) is 0 in the seed.
+    Equilibrium balances the *means* of shrink and growth (:math:`2\eta\lambda|w|^2 \approx
+    \eta^2|g|^2` for μ = 0), so this predicts the root mean square of η|g|/|w|.
+
+    Args:
+        lr: learning rate η.
+        weight_decay: weight decay λ.
+        momentum: momentum μ.
+        dampening: SGD dampening τ_d.
+
+    Returns:
+        The prediction, shape of the broadcast inputs.
+
+    Example:
+        >>> round(float(seed_lars_prediction(0.4, 5e-4, 0.9)), 5)
+        0.00632
+    """
+    eta = np.asarray(lr, dtype=np.float64)
+    lam = np.asarray(weight_decay, dtype=np.float64)
+    mu = np.asarray(momentum, dtype=np.float64)
+    return np.sqrt(np.clip(2.0 * eta * lam * (1.0 - mu) / (1.0 - dampening), 0.0, None))
+
+
+def scale_free_grad_sq(lars_ratio: ArrayLike, w_norm2: ArrayLike, lr: ArrayLike) -> FloatArray:
+    r"""Squared scale-free gradient norm G² per step, from logged scalars.
+
+    normwatch logs ``lars_ratio`` = η|g|/|w| and ``w_norm2`` = |w|², so
+
+    .. math:: G = |g|\,|w| = \frac{\text{lars\_ratio}}{\eta}\,|w|^2,
+        \qquad G^2 = \Big(\frac{\text{lars\_ratio}\cdot|w|^2}{\eta}\Big)^2
+
+    This assumes the effective learning rate inside ``lars_ratio`` is the logged ``lr``, which
+    holds for the SGD family.
+
+    Args:
+        lars_ratio: η|g|/|w| per step.
+        w_norm2: |w|² per step.
+        lr: η per step.
+
+    Returns:
+        G² per step; NaN where η ≤ 0.
+
+    Example:
+        >>> round(float(scale_free_grad_sq(0.01, 4.0, 0.1)), 12)
+        0.16
+    """
+    ratio = np.asarray(lr, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.asarray(lars_ratio, dtype=np.float64) * np.asarray(w_norm2, dtype=np.float64)
+        g = np.where(ratio > 0, g / np.where(ratio > 0, ratio, 1.0), np.nan)
+    return g * g
+
+
+def norm_over_equilibrium(
+    w_norm2: ArrayLike,
+    mean_grad_sq: ArrayLike,
+    lr: ArrayLike,
+    weight_decay: ArrayLike,
+    momentum: ArrayLike,
+    dampening: float = 0.0,
+) -> FloatArray:
+    r"""|w|/|w*|: the distance of the weight norm from its SGD-family equilibrium (theory.md §1).
+
+    .. math:: |w^*|^4 = \frac{\eta(1-\tau_d)\,E[G^2]}{2\lambda(1-\mu)}, \qquad
+        \frac{|w|}{|w^*|} = \Big(\frac{|w|^4\,2\lambda(1-\mu)}{\eta(1-\tau_d)\,E[G^2]}\Big)^{1/4}
+
+    Args:
+        w_norm2: |w|² per step.
+        mean_grad_sq: E[G²] per step (the report uses a centred moving average of
+            :func:`scale_free_grad_sq`).
+        lr: η per step.
+        weight_decay: λ per step.
+        momentum: μ per step.
+        dampening: SGD dampening τ_d.
+
+    Returns:
+        |w|/|w*| per step; NaN where η, λ or E[G²] is not positive.
+
+    Example:
+        >>> round(float(norm_over_equilibrium(1.0, 2 * 5e-4 * 0.1 / 0.4, 0.4, 5e-4, 0.9)), 12)
+        1.0
+    """
+    w2 = np.asarray(w_norm2, dtype=np.float64)
+    denom = np.asarray(lr, dtype=np.float64) * (1.0 - dampening) * np.asarray(mean_grad_sq, dtype=np.float64)
+    numer = w2 * w2 * 2.0 * np.asarray(weight_decay, dtype=np.float64) * (1.0 - np.asarray(momentum))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where((denom > 0) & (numer > 0), numer / np.where(denom > 0, denom, 1.0), np.nan)
+    return np.power(ratio, 0.25)
+
+
+def rms(values: ArrayLike) -> float:
+    r"""Root mean square of the finite entries, :math:`\sqrt{\tfrac1n\sum_i x_i^2}`; NaN if none.
+
+    Example:
+        >>> rms([3.0, 4.0, float("nan")]) == (12.5) ** 0.5
+        True
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.sqrt(np.mean(x * x))) if x.size else float("nan")

@@ -1,0 +1,424 @@
+"""Tests for ``normwatch report``: figures, the equilibrium window, verdicts, CLI, missing data.
+
+Most tests read one report rendered once (module scope) from a hand-made study whose answers
+are known (see ``tests/report_fixtures.py``); every number in the verdict table is recomputed
+here directly from the float32 values the fixture wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normwatch.__main__ import main
+from normwatch.report import (
+    INSTALL_HINT,
+    TOLERANCES,
+    analyse,
+    default_out,
+    equilibrium_window,
+    evaluate,
+    find_runs,
+    load_run,
+    load_runs,
+    write_report,
+)
+from tests import report_fixtures as rf
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path, min_bytes: int = 10_000) -> None:
+    """A real PNG of a non-trivial size (an empty axis is ~8 kB at this size)."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > min_bytes, (path, len(data))
+    with Image.open(path) as im:
+        assert im.size[0] >= 600 and im.size[1] >= 300
+
+
+def lag_of(run: rf.SyntheticRun) -> np.ndarray:
+    """δ = τ·d ln η/dt with τ = (1−μ)/(4ηλ), by hand (constant λ and μ), on the float32 lr."""
+    lr = rf.f32(run.lr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = (1 - rf.f32(run.momentum)) / (4 * lr * rf.f32(run.weight_decay))
+        return tau * np.gradient(np.log(lr))
+
+
+def window_of(run: rf.SyntheticRun):
+    """The library's window on what the run logged (float32 hyperparameters)."""
+    n = run.lr.size
+    return equilibrium_window(
+        np.arange(n), rf.f32(run.lr), rf.f32(np.full(n, run.weight_decay)), rf.f32(np.full(n, run.momentum))
+    )
+
+
+@pytest.fixture(scope="module")
+def study_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, rf.SyntheticRun]]:
+    """The hand-made study's event files (no rendering, so no matplotlib needed)."""
+    root = tmp_path_factory.mktemp("runs") / "study"
+    return root, rf.study(root)
+
+
+@pytest.fixture(scope="module")
+def study(study_runs) -> tuple[Path, dict[str, rf.SyntheticRun], Path]:
+    """The study and its report, rendered once."""
+    pytest.importorskip("matplotlib")
+    root, runs = study_runs
+    return root, runs, write_report([root])
+
+
+@pytest.fixture(scope="module")
+def verdicts(study) -> list[dict]:
+    return json.loads((study[2].parent / "verdicts.json").read_text())
+
+
+# ------------------------------------------------------------------------------ the window
+def test_window_constant_schedule_opens_after_k_tau():
+    """Constant hyperparameters: the window opens at t_peak + 3τ and never closes."""
+    win = equilibrium_window(np.arange(200), np.full(200, 0.5), np.full(200, 0.05), np.zeros(200))
+    assert win.tau_peak == pytest.approx(10.0)
+    assert (win.start, win.stop, win.peak_step, win.n_c) == (30, 199, 0, None)
+
+
+def test_window_linear_decay_closes_two_n_c_before_the_end():
+    """Linear decay to zero over D steps: the window closes 2·n_c steps before the end."""
+    n, d, eta0, lam, mu = 4000, 3000, 0.4, 5e-4, 0.9
+    t = np.arange(n)
+    lr = np.where(t < n - d, eta0, eta0 * (n - 1 - t) / (d - 1))
+    win = equilibrium_window(t, lr, np.full(n, lam), np.full(n, mu))
+    n_c = math.sqrt((1 - mu) * (d - 1) / (4 * eta0 * lam))
+    assert win.n_c == pytest.approx(n_c)
+    assert win.start == 375  # 3τ = 3 · 125 steps after the plateau starts at step 0
+    assert abs((n - 1 - win.stop) - 2 * n_c) <= 2
+
+
+def test_window_step_drop_closes_it_and_warmup_delays_it():
+    lr = np.concatenate([np.linspace(0, 1.0, 11)[1:], np.full(90, 1.0), np.full(100, 0.1)])
+    win = equilibrium_window(np.arange(200), lr, np.full(200, 0.05), np.zeros(200))
+    assert win.peak_step == 9 and win.start == 9 + 15  # τ = 1/(4·1·0.05) = 5 steps
+    assert win.stop in (98, 99)  # the drop at step 100 breaks tracking
+
+
+@pytest.mark.parametrize(
+    ("wd", "n", "reason"),
+    [
+        pytest.param(0.0, 100, "no weight decay", id="no-weight-decay"),
+        pytest.param(1e-4, 100, "relaxation times needed accrue", id="too-short"),
+        pytest.param(0.05, 2, "fewer than 3", id="too-few-steps"),
+    ],
+)
+def test_window_empty_says_why(wd: float, n: int, reason: str):
+    win = equilibrium_window(np.arange(n), np.full(n, 0.1), np.full(n, wd), np.full(n, 0.9))
+    assert win.empty and reason in win.reason
+
+
+# ------------------------------------------------------------------------------ reading runs
+def test_find_runs_expands_a_study_and_rejects_bad_paths(study_runs, tmp_path: Path):
+    root = study_runs[0]
+    dirs = find_runs([root])
+    names = sorted(d.relative_to(root).as_posix() for d in dirs)
+    assert names[:3] == ["lars", "sgd", "sgdm"] and len(names) == 3 + 12
+    assert find_runs([root / "sgdm"]) == [root / "sgdm"]
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        find_runs([tmp_path / "missing"])
+    with pytest.raises(ValueError, match="No TensorBoard event files"):
+        find_runs([tmp_path])
+
+
+def test_load_run_reads_tags_config_and_new_style_scalars(study_runs, tmp_path: Path):
+    root, runs = study_runs
+    run = load_run(root / "sgdm")
+    assert run.layers == list(rf.LAYERS)
+    assert run.family == "sgd" and run.momentum == pytest.approx(0.9) and run.part == "sgdm"
+    s = run.series("lars_theory", "layer2.res1.conv")
+    np.testing.assert_array_equal(s.values, rf.f32(runs["sgdm"].metrics["lars_theory"]["layer2.res1.conv"]))
+    assert run.final_test_acc == pytest.approx(0.935)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "new"))
+    for step in (2, 0, 1):
+        w.add_scalar("normwatch/angle/a.b", step / 10, step, new_style=True)
+    w.close()
+    angle = load_run(tmp_path / "new").series("angle", "a.b")
+    assert angle.steps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(angle.values, [0.0, 0.1, 0.2], rtol=1e-6)
+
+
+def test_sweep_runs_with_result_json_are_read_without_their_events(tmp_path: Path):
+    """With a main run present, a sweep run's config.json + result.json are enough (fast sweeps)."""
+    root = tmp_path / "s"
+    rf.sgd_run(root / "sgdm", part="sgdm", **rf.SGDM)
+    for lr, acc in ((0.2, 0.91), (0.4, 0.93)):
+        run = root / "sweep" / f"x-lr{lr}-s0"
+        rf.write_events(run, {"test/acc": np.array([0.5])}, {})  # deliberately different from result.json
+        (run / "config.json").write_text(json.dumps({"part": "sweep", "arch": "x", "peak_lr": lr, "seed": 0}))
+        (run / "result.json").write_text(json.dumps({"test_acc": acc}))
+    runs = {r.name: r for r in load_runs([root])}
+    assert runs["sweep/x-lr0.4-s0"].final_test_acc == 0.93 and not runs["sweep/x-lr0.4-s0"].scalars
+    assert runs["sgdm"].has_normwatch
+
+
+def test_default_out(tmp_path: Path):
+    assert default_out([tmp_path / "r"]) == tmp_path / "r" / "report"
+    assert default_out([tmp_path / "s" / "a", tmp_path / "s" / "b"]) == (tmp_path / "s" / "report").resolve()
+
+
+# ------------------------------------------------------------------------------ the study report
+def test_all_ten_figures_are_written_and_inlined(study):
+    out = study[2].parent
+    for i in range(1, 11):
+        assert_png(out / f"fig{i:02d}.png")
+    md = study[2].read_text()
+    assert "skipped" not in md
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 10
+    assert "fig01.png" not in html  # self-contained
+
+
+def test_report_ends_with_the_verdict_table(study):
+    lines = study[2].read_text().strip().splitlines()
+    assert lines[-10].startswith("| # | claim |")
+    assert all(line.startswith("| ") for line in lines[-8:])
+    assert "Equilibrium window" in study[2].read_text()
+
+
+def test_verdict_orthogonality_and_balance(study, verdicts):
+    _, runs, _ = study
+    sgdm = runs["sgdm"]
+    cos = [np.mean(np.abs(rf.f32(sgdm.metrics["cos_wg"][layer]))) for layer in rf.LAYERS]
+    assert verdicts[0]["outcome"] == "holds"
+    assert verdicts[0]["value"] == pytest.approx(np.median(cos), rel=1e-9)
+
+    win = window_of(sgdm)
+    assert verdicts[1]["window"] == f"steps {win.start}–{win.stop}"
+    m = win.mask(np.arange(rf.N_STEPS))
+    ratios = [
+        np.sum(rf.f32(sgdm.metrics["growth"][la])[m]) / np.sum(rf.f32(sgdm.metrics["shrink"][la])[m])
+        for la in rf.LAYERS
+    ]
+    assert verdicts[1]["outcome"] == "holds"
+    assert verdicts[1]["value"] == pytest.approx(np.median(ratios), rel=1e-9)
+    assert verdicts[1]["value"] == pytest.approx(1.0, abs=1e-6)
+    # The prediction is the seed's 1; the lr decay inside the window (steps 200–267) is shown as context.
+    drifted = [
+        np.sum(rf.f32(sgdm.metrics["shrink"][la])[m] / (1 - lag_of(sgdm)[m]))
+        / np.sum(rf.f32(sgdm.metrics["shrink"][la])[m])
+        for la in rf.LAYERS
+    ]
+    assert verdicts[1]["expected"] == 1.0
+    assert 0.9 < np.median(drifted) < 0.99
+    assert (
+        verdicts[1]["prediction"]
+        == f"1 (the lr's drift alone, at constant G, would make it {np.median(drifted):.3g} on this window)"
+    )
+
+
+def test_verdict_lars_ratio_without_momentum_fails_by_the_known_amount(study, verdicts):
+    """The sgd run logs η|g|/|w| = 1.3·√(2ηλ) (± a sine) and no lars_theory."""
+    _, runs, _ = study
+    sgd = runs["sgd"]
+    win = window_of(sgd)
+    m = win.mask(np.arange(rf.N_STEPS))
+    lr, lam = rf.f32(sgd.lr), rf.f32(np.full(rf.N_STEPS, sgd.weight_decay))
+    predicted = np.sqrt(2 * lr * lam)
+    expected = [math.sqrt(np.mean((rf.f32(sgd.metrics["lars_ratio"][la])[m] / predicted[m]) ** 2)) for la in rf.LAYERS]
+    v = verdicts[2]
+    assert v["run"] == "sgd" and v["outcome"] == "does not hold"
+    assert v["value"] == pytest.approx(np.median(expected), rel=1e-9)
+    assert v["value"] == pytest.approx(1.3, abs=0.01)
+    assert v["expected"] == 1.0 and v["detail"] == "+30% vs prediction"
+    drifted = math.sqrt(np.mean(1 / (1 - lag_of(sgd)[m])))
+    assert v["prediction"].startswith(f"1 (the lr's drift alone, at constant G, would make it {drifted:.3g} ")
+    assert "from logged lr, weight decay, momentum" in v["prediction"]
+
+
+def test_verdict_lars_ratio_with_momentum_holds(study, verdicts):
+    _, runs, _ = study
+    sgdm = runs["sgdm"]
+    m = window_of(sgdm).mask(np.arange(rf.N_STEPS))
+    expected = [
+        math.sqrt(
+            np.mean((rf.f32(sgdm.metrics["lars_ratio"][la])[m] / rf.f32(sgdm.metrics["lars_theory"][la])[m]) ** 2)
+        )
+        for la in rf.LAYERS
+    ]
+    v = verdicts[3]
+    assert v["run"] == "sgdm" and v["outcome"] == "holds" and "logged lars_theory" in v["prediction"]
+    assert v["value"] == pytest.approx(np.median(expected), rel=1e-9)
+
+
+def test_verdict_autocorr_and_lars(study, verdicts):
+    _, runs, _ = study
+    sgdm, lars = runs["sgdm"], runs["lars"]
+    m = window_of(sgdm).mask(np.arange(rf.N_STEPS))
+    auto = [np.mean(rf.f32(sgdm.metrics["grad_autocorr"][la])[m]) for la in rf.LAYERS]
+    assert verdicts[4]["outcome"] == "holds"
+    assert verdicts[4]["value"] == pytest.approx(np.median(auto), rel=1e-9)
+
+    assert verdicts[5]["outcome"] == "holds" and verdicts[5]["run"] == "lars vs sgdm"
+    assert verdicts[5]["value"] == pytest.approx(float(np.float32(0.93)) - float(np.float32(0.935)))
+
+    angle = [
+        np.mean(rf.f32(lars.metrics["angle"][la])[m]) / np.mean(rf.f32(sgdm.metrics["angle"][la])[m])
+        for la in rf.LAYERS
+    ]
+    assert verdicts[6]["outcome"] == "holds"
+    assert verdicts[6]["value"] == pytest.approx(np.median(angle), rel=1e-9)
+
+
+def test_verdict_best_lr_from_the_sweep(study, verdicts):
+    v = verdicts[7]
+    assert v["run"] == "12 sweep runs" and v["outcome"] == "does not hold"
+    assert v["value"] == pytest.approx(1.6 / 0.4)
+    assert v["per_layer"] == {"a": 0.4, "b": 1.6}
+    assert TOLERANCES["best_lr"] < v["value"]
+
+
+# ------------------------------------------------------------------------------ missing data
+@pytest.fixture(scope="module")
+def lone_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One momentum run without grad_autocorr, shrink/growth 1.25 apart; no sweep, no LARS."""
+    pytest.importorskip("matplotlib")
+    path = tmp_path_factory.mktemp("lone") / "run"
+    rf.sgd_run(path, part="sgdm", autocorr=False, growth_factor=1.25, **rf.SGDM)
+    return path, write_report([path])
+
+
+def test_missing_data_figures_are_skipped_with_a_note(lone_run):
+    path, md_path = lone_run
+    assert md_path == path / "report" / "report.md"
+    out = md_path.parent
+    md = md_path.read_text()
+    assert not (out / "fig06.png").exists() and not (out / "fig08.png").exists()
+    assert "> Figure 6 skipped: run run logged no `grad_autocorr` scalars." in md
+    assert "> Figure 8 skipped: no learning-rate sweep" in md
+    # Figure 5 falls back to the momentum run and says so.
+    assert (out / "fig05.png").exists()
+    assert "No SGD-without-momentum run among the inputs; this shows run run" in md
+    for i in (1, 2, 3, 4, 5, 7, 9, 10):
+        assert_png(out / f"fig{i:02d}.png")
+
+
+def test_missing_data_verdicts_say_which_run_is_needed(lone_run):
+    verdicts = json.loads((lone_run[1].parent / "verdicts.json").read_text())
+    outcome = {i: (v["outcome"], v["detail"]) for i, v in enumerate(verdicts, start=1)}
+    assert outcome[2] == ("does not hold", "+25% vs prediction")
+    assert verdicts[1]["value"] == pytest.approx(1.25, rel=1e-6)
+    assert outcome[3] == ("no data", "needs an SGD run with momentum 0 (the demo's runs/<study>/sgd)")
+    assert outcome[5] == ("no data", "no run logged grad_autocorr")
+    assert outcome[6][0] == outcome[7][0] == "no data" and "needs a LARS run" in outcome[6][1]
+    assert outcome[8][0] == "no data" and "learning-rate sweep" in outcome[8][1]
+    md = lone_run[1].read_text()
+    assert "no data: needs an SGD run with momentum 0" in md
+
+
+def test_no_weight_decay_means_no_window(tmp_path: Path):
+    path = tmp_path / "nowd"
+    rf.sgd_run(path, part="sgdm", peak_lr=0.2, weight_decay=0.0, momentum=0.9)
+    verdicts = evaluate(analyse(load_runs([path])))
+    assert verdicts[1].outcome == "no data"
+    assert "no weight decay" in verdicts[1].detail
+    assert verdicts[4].outcome == "holds" and verdicts[4].window.startswith("all logged steps")
+
+
+# ------------------------------------------------------------------------------ CLI and extras
+def test_cli_module_entry(study_runs, tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "cli-out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "normwatch", "report", str(study_runs[0] / "sgdm"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out / "report.md")
+    assert (out / "report.html").exists() and (out / "fig01.png").exists()
+
+
+def test_cli_bad_directory_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["report", str(tmp_path / "nope")]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_without_matplotlib_the_hint_is_raised_and_printed(
+    study_runs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'normwatch\[report\]'"):
+        write_report([study_runs[0] / "sgdm"])
+    assert main(["report", str(study_runs[0] / "sgdm")]) == 2
+    assert capsys.readouterr().err.strip() == INSTALL_HINT
+
+
+# ------------------------------------------------------------------------------ a real run
+def test_report_from_a_real_normwatch_run(tmp_path: Path):
+    """Train conv→BN→ReLU for 40 SGD steps under normwatch.attach, then render its report."""
+    pytest.importorskip("matplotlib")
+    import torch
+    from torch import nn
+
+    import normwatch
+
+    if not hasattr(normwatch, "attach"):
+        pytest.skip("normwatch.attach is not available yet (the core is being written)")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    # τ = (1−μ)/(4ηλ) = 5 steps, so the window opens at step 15 of 40.
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5, weight_decay=0.05)
+    x, y = torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,))
+    watcher = normwatch.attach(model, opt, logdir=tmp_path / "run")
+    for step in range(40):
+        idx = torch.arange(16) + 16 * (step % 4)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    watcher.close()
+
+    md_path = write_report([tmp_path / "run"])
+    out = md_path.parent
+    for i in (1, 2, 3, 4, 5, 6, 7, 9, 10):
+        assert_png(out / f"fig{i:02d}.png")
+    assert not (out / "fig08.png").exists()
+    verdicts = {i: v for i, v in enumerate(json.loads((out / "verdicts.json").read_text()), start=1)}
+    for i in (1, 2, 4, 5):  # w·g, balance, η|g|/|w| with momentum, autocorrelation
+        assert verdicts[i]["outcome"] in ("holds", "does not hold"), verdicts[i]
+        assert sorted(verdicts[i]["per_layer"]) == ["0", "3"]  # the two convs followed by BN
+    assert verdicts[2]["window"] == "steps 15–39"  # t_peak 0 + 3τ, τ = (1−0.5)/(4·0.5·0.05) = 5
+    assert [verdicts[i]["outcome"] for i in (3, 6, 7, 8)] == ["no data"] * 4
+
+    run = load_run(tmp_path / "run")
+    cos = {layer: float(np.mean(np.abs(run.series("cos_wg", layer).values))) for layer in ("0", "3")}
+    assert verdicts[1]["per_layer"] == pytest.approx(cos, rel=1e-12)
+    g = {
+        layer: run.series("growth", layer).between(15, 39).values.sum()
+        / run.series("shrink", layer).between(15, 39).values.sum()
+        for layer in ("0", "3")
+    }
+    assert verdicts[2]["per_layer"] == pytest.approx(g, rel=1e-12)
