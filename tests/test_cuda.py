@@ -1,0 +1,125 @@
+"""CUDA checks: run on a machine with a GPU (skipped elsewhere: CI has none).
+
+    python -m pytest tests/test_cuda.py -v && python benchmarks/overhead.py --device cuda --width 64 --batch 512
+
+The sync check is CUDA's own: ``torch.cuda.set_sync_debug_mode("error")`` turns any host-device
+synchronisation inside the training steps into an error.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normwatch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 10)).cuda()
+
+
+def _batches(n: int):
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    return [(torch.randn(64, 3, 16, 16, device="cuda", generator=gen),
+             torch.randint(0, 10, (64,), device="cuda", generator=gen)) for _ in range(n)]
+
+
+def _step(model, opt, x, y, scaler=None, dtype=None) -> None:
+    with torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_hooks_never_synchronise(tmp_path, fused) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
+    batches = _batches(6)
+    with normwatch.attach(model, opt, logdir=str(tmp_path), flush_every=4) as watch:
+        _step(model, opt, *batches[0])  # detection (its numeric confirmation reads values back once)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for x, y in batches[1:]:
+                model.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert watch.step == 6
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_grad_scaler_skips_and_unscaled_gradients(tmp_path, fused) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=fused)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**12)
+    expected = []
+    with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
+        for i, (x, y) in enumerate(_batches(6)):
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            if i == 2:
+                model[4].weight.grad[0, 0, 0, 0] = float("inf")
+            w = model[0].weight.detach().clone()
+            g = model[0].weight.grad.detach().clone() / scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            if i != 2:
+                expected.append((0.05 * g.norm() / w.norm()).item())
+    assert watch.step == 5
+    ratios = watch.history["normwatch/lars_ratio/0"]
+    assert [s for s, _ in ratios] == [0, 1, 2, 3, 4]
+    assert [v for _, v in ratios] == pytest.approx(expected, rel=1e-4)
+
+
+def test_bf16_autocast_channels_last_split_adds_up(tmp_path) -> None:
+    model = _model().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
+    captured = []
+    with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
+        for x, y in _batches(4):
+            w = model[0].weight.detach().double().clone()
+            _step(model, opt, x.to(memory_format=torch.channels_last), y, dtype=torch.bfloat16)
+            captured.append((w, model[0].weight.detach().double().clone()))
+    h = watch.history
+    for step, (w, w1) in enumerate(captured):
+        measured = (w1.pow(2).sum() - w.pow(2).sum()).item()
+        split = (dict(h["normwatch/growth/0"])[step] - dict(h["normwatch/shrink/0"])[step]
+                 + dict(h["normwatch/cross/0"])[step])
+        assert split == pytest.approx(measured, abs=2e-6 * w.pow(2).sum().item())
+
+
+def test_compiled_model_and_bitwise_identity_on_cuda(tmp_path) -> None:
+    torch._dynamo.reset()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    batches = _batches(4)
+    plain = _model()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    compiled_plain = torch.compile(plain)
+    for x, y in batches:
+        _step(compiled_plain, opt, x, y, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    watched = _model()
+    opt = torch.optim.SGD(watched.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    compiled = torch.compile(watched)
+    with torch._dynamo.config.patch(error_on_recompile=True), normwatch.attach(compiled, opt, logdir=str(tmp_path)):
+        for x, y in batches:
+            _step(compiled, opt, x, y, dtype=torch.bfloat16)
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
+        assert torch.equal(a, b)
