@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-from normwatch.flow import Granularity, ScaleTracer, Source, TraceResult, _tensors
+from normwatch import _dist
+from normwatch.flow import Granularity, Owned, ScaleTracer, Source, TraceResult, _tensors
 
 CONFIRM_RTOL = 1e-3  # outputs may move by this fraction of their largest magnitude (BN's epsilon, rounding)
 
@@ -85,27 +86,44 @@ def scan(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], confir
     base = unwrap(model)
     with _preserved(base) as replay:
         result = _trace(base, args, kwargs, replay)
-        layers = _layers(base, result)
-        if confirm and layers:
+        layers = _layers(result)
+        # sharded (FSDP2) parameters: rescaling them would need their shard offsets, and a result-dependent
+        # number of extra forwards could desynchronise the ranks' collectives; they stay unconfirmed
+        if confirm and layers and not any(_dist.is_dtensor(p) for p in base.parameters()):
             layers = _confirm(base, args, kwargs, layers, replay)
     return layers
 
 
 # -- tracing ---------------------------------------------------------------------------------------------
 def _trace(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], replay: Any) -> TraceResult:
+    stack: list[tuple[str, nn.Module]] = []
     names = {id(m): n for n, m in base.named_modules(remove_duplicate=False)}
-    owner = {id(t): n for n, m in base.named_modules(remove_duplicate=False)
-             for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
-    stack: list[str] = []
+    static = {id(t): Owned(_join(n, attr), n, kind == "param")
+              for n, m in base.named_modules(remove_duplicate=False)
+              for kind, table in (("param", m._parameters), ("buffer", m._buffers))
+              for attr, t in table.items() if t is not None}
+
+    def resolve(t: torch.Tensor) -> Owned | None:
+        """The parameter or buffer ``t`` is: registered at entry, or now on a running module (FSDP2)."""
+        hit = static.get(id(t))
+        if hit is not None:
+            return hit
+        for name, module in reversed(stack):
+            for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
+                for attr, value in table.items():
+                    if value is t:
+                        return Owned(_join(name, attr), name, kind == "param")
+        return None
 
     def enter(module: nn.Module, _args: Any) -> None:
-        stack.append(names.get(id(module), stack[-1] if stack else ""))
+        if id(module) in names:
+            stack.append((names[id(module)], module))
 
     def leave(module: nn.Module, _args: Any, _out: Any) -> None:
-        if stack:
+        if stack and stack[-1][1] is module:
             stack.pop()
 
-    tracer = ScaleTracer(base.parameters(), owner, lambda: stack[-1] if stack else "")
+    tracer = ScaleTracer(resolve, lambda: stack[-1][0] if stack else "")
     handles = [module_hooks.register_module_forward_pre_hook(enter),
                module_hooks.register_module_forward_hook(leave, always_call=True)]
     try:
@@ -119,30 +137,30 @@ def _trace(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], repla
     return tracer.finish()
 
 
-def _layers(base: nn.Module, result: TraceResult) -> list[Layer]:
-    param_names = {id(p): n for n, p in base.named_parameters(remove_duplicate=False)}
+def _join(module: str, attr: str) -> str:
+    return f"{module}.{attr}" if module else attr
+
+
+def _layers(result: TraceResult) -> list[Layer]:
     layers = []
     for index, src in enumerate(result.sources):
         variant = next((v for v in ("weight", "joint") if result.invariant((index, v))), None)
-        if variant is None or id(src.weight) not in param_names:
+        if variant is None or (variant == "weight" and src.bias_name is None):
             continue
-        if variant == "weight" and src.bias is None:
-            continue
-        weight_name = param_names[id(src.weight)]
-        params = (weight_name,)
-        if variant == "joint" and src.bias is not None:
-            params += (param_names[id(src.bias)],)
+        params = (src.weight_name,)
+        if variant == "joint" and src.bias_name is not None:
+            params += (src.bias_name,)
         absorptions = result.absorbed[(index, variant)]
         granularity, groups = _granularity(src, [(a.granularity, a.groups) for a in absorptions])
         norms = ", ".join(dict.fromkeys(a.norm for a in absorptions))
-        name = weight_name.removesuffix(".weight") if weight_name.endswith(".weight") else weight_name
-        layers.append(Layer(name or weight_name, norms, params, granularity, groups, src.out_axis))
+        name = src.weight_name.removesuffix(".weight") if src.weight_name.endswith(".weight") else src.weight_name
+        layers.append(Layer(name or src.weight_name, norms, params, granularity, groups, src.out_axis))
     return layers
 
 
 def _granularity(src: Source, found: list[tuple[Granularity, int]]) -> tuple[Granularity, int]:
     """The finest grouping in which every normalisation that saw this weight is invariant."""
-    channels = src.weight.shape[src.out_axis]
+    channels = src.weight_shape[src.out_axis]
     kinds = {g for g, _ in found}
     if "tensor" in kinds or not src.channelwise:
         return "tensor", 1

@@ -42,12 +42,22 @@ class Flow:
 
 @dataclass
 class Source:
-    """A conv/linear weight whose output flows are traced."""
+    """A conv/linear weight whose output flows are traced (names are qualified parameter names)."""
 
-    weight: torch.Tensor
-    bias: torch.Tensor | None
+    weight_name: str
+    bias_name: str | None
+    weight_shape: torch.Size
     out_axis: int  # weight axis of the output channels
     channelwise: bool  # output channel c depends on the slice weight[c] (along out_axis) only
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A parameter or buffer of a module: its qualified name, its module's name, which of the two."""
+
+    name: str
+    module: str
+    is_param: bool
 
 
 @dataclass(frozen=True)
@@ -122,22 +132,20 @@ class ScaleTracer(TorchFunctionMode):
     """A torch-function mode that traces weight-rescaling flows through one forward.
 
     Args:
-        params: every parameter that may be a source (conv/linear weights and biases), by identity.
-        owner: maps ``id(tensor)`` of parameters and buffers to the qualified name of their module.
+        resolve: the parameter or buffer a tensor is, looked up when an op sees it (FSDP2 swaps the
+            registered tensors for unsharded ones during the forward), or None.
         current_module: returns the qualified name of the innermost module running now (for naming
             functional norms that own no parameter or buffer).
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], owner: dict[int, str],
-                 current_module: Callable[[], str]) -> None:
+    def __init__(self, resolve: Callable[[torch.Tensor], Owned | None], current_module: Callable[[], str]) -> None:
         super().__init__()
-        self._params = {id(p) for p in params}
-        self._owner = owner
+        self._resolve = resolve
         self._current_module = current_module
         # by identity (tensors compare elementwise); an entry goes when its tensor is freed
         self._flows: dict[int, tuple[weakref.ref[torch.Tensor], dict[Key, Flow]]] = {}
-        self._source_index: dict[int, int] = {}
-        self._misused: set[int] = set()  # parameters used other than as a conv/linear weight or bias
+        self._source_index: dict[str, int] = {}
+        self._misused: set[str] = set()  # parameters used other than as a conv/linear weight or bias
         self.result = TraceResult(sources=[])
 
     # -- bookkeeping -------------------------------------------------------------------------------------
@@ -169,9 +177,9 @@ class ScaleTracer(TorchFunctionMode):
     def finish(self) -> TraceResult:
         """Close the trace: a source whose parameter was used elsewhere leaks."""
         for i, src in enumerate(self.result.sources):
-            if id(src.weight) in self._misused:
+            if src.weight_name in self._misused:
                 self._leak([(i, "joint"), (i, "weight")])
-            if src.bias is not None and id(src.bias) in self._misused:
+            if src.bias_name is not None and src.bias_name in self._misused:
                 self._leak([(i, "joint")])
         return self.result
 
@@ -193,8 +201,11 @@ class ScaleTracer(TorchFunctionMode):
         name = _name(func)
         if name in _CONV or name in _CONV_T or name == "linear":
             weight = _arg(args, kwargs, 1, "weight")
-            if isinstance(weight, torch.Tensor) and id(weight) in self._params:
-                return self._source(name, args, kwargs, out)
+            owned = self._param(weight)
+            if owned is not None:
+                return self._source(name, owned, args, kwargs, out)
+        if name in _INERT:  # metadata and attribute reads (FSDP2 reads .data of unsharded parameters)
+            return None
         self._note_misuse(inputs)
         tainted = [t for t in inputs if self.flows(t)]
         outputs = _tensors(out)
@@ -203,8 +214,6 @@ class ScaleTracer(TorchFunctionMode):
         if not tainted:
             for t in outputs:  # in-place ops on clean tensors and fresh results carry nothing
                 self._set(t, {})
-            return None
-        if name in _INERT:
             return None
         handler = self._handler(name)
         if handler is None:
@@ -237,33 +246,41 @@ class ScaleTracer(TorchFunctionMode):
             return self._copy_into
         return None
 
+    def _param(self, t: Any) -> Owned | None:
+        owned = self._resolve(t) if isinstance(t, torch.Tensor) else None
+        return owned if owned is not None and owned.is_param else None
+
     def _note_misuse(self, inputs: list[torch.Tensor]) -> None:
         for t in inputs:
-            if id(t) in self._params:
-                self._misused.add(id(t))
+            owned = self._param(t)
+            if owned is not None:
+                self._misused.add(owned.name)
 
     # -- sources -----------------------------------------------------------------------------------------
-    def _source(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    def _source(self, name: str, weight_owned: Owned, args: tuple[Any, ...], kwargs: dict[str, Any],
+                out: Any) -> None:
         x = _arg(args, kwargs, 0, "input")
         weight = _arg(args, kwargs, 1, "weight")
         bias = _arg(args, kwargs, 2, "bias")
+        bias_owned = self._param(bias)
         transposed = name in _CONV_T
         groups = _arg(args, kwargs, 6, "groups", 1) if transposed else 1
         if not isinstance(out, torch.Tensor):
             return
         # output channels: the last axis of a linear; axis 1 of a batched conv (0 when unbatched)
         dim = out.dim() - 1 if name == "linear" else (1 if x.dim() == weight.dim() else 0)
-        index = self._source_index.get(id(weight))
+        index = self._source_index.get(weight_owned.name)
         if index is None:
             index = len(self.result.sources)
-            self._source_index[id(weight)] = index
-            self.result.sources.append(Source(weight, bias, out_axis=1 if transposed else 0,
+            self._source_index[weight_owned.name] = index
+            self.result.sources.append(Source(weight_owned.name, bias_owned.name if bias_owned else None,
+                                              weight.shape, out_axis=1 if transposed else 0,
                                               channelwise=not (transposed and groups != 1)))
         src = self.result.sources[index]
-        if bias is not None and bias is not src.bias:
-            self._leak([(index, "joint")])
-            if isinstance(bias, torch.Tensor) and id(bias) in self._params:
-                self._misused.add(id(bias))
+        if bias is not None and (bias_owned is None or bias_owned.name != src.bias_name):
+            self._leak([(index, "joint")])  # a bias other than the layer's own cannot be rescaled with it
+            if bias_owned is not None:
+                self._misused.add(bias_owned.name)
         channel = dim if src.channelwise else None
         flows: dict[Key, Flow] = {(index, "joint"): Flow(channel)}
         if bias is not None:
@@ -312,7 +329,7 @@ class ScaleTracer(TorchFunctionMode):
                 self.result.absorbed.setdefault(key, []).append(absorption)
 
     def _norm_module(self, *tensors: Any) -> str:
-        owned = [self._owner[id(t)] for t in tensors if isinstance(t, torch.Tensor) and id(t) in self._owner]
+        owned = [o.module for t in tensors if isinstance(t, torch.Tensor) and (o := self._resolve(t)) is not None]
         return (owned[0] if owned else self._current_module()) or "<root>"
 
     def _absorb(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], x: torch.Tensor, flow: Flow,

@@ -46,17 +46,20 @@ class Sink:
 
     ``writer`` is a ``SummaryWriter`` (None when it could not be made); ``preamble(writer)`` runs once
     before the first point. When a write fails, one warning says so and the points are kept in
-    ``history`` instead, so no recorded step is lost. ``history`` is also kept when asked.
+    ``history`` instead, so no recorded step is lost. ``history`` is also kept when asked. A disabled
+    sink (a rank other than 0) drops what it is given.
     """
 
     def __init__(self, writer: Any, to_points: Callable[[Batch], list[Point]],
-                 preamble: Callable[[Any], None], close_writer: bool, keep_history: bool) -> None:
+                 preamble: Callable[[Any], None], close_writer: bool, keep_history: bool,
+                 enabled: bool = True) -> None:
         self._writer = writer
+        self._enabled = enabled
         self._to_points = to_points
         self._preamble: Callable[[Any], None] | None = preamble
         self._close_writer = close_writer
         self._failed = writer is None
-        self.keep_history = keep_history or self._failed
+        self.keep_history = keep_history or (self._failed and enabled)
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -64,7 +67,8 @@ class Sink:
         self._thread.start()
 
     def put(self, batch: Batch) -> None:
-        self._queue.put(batch)
+        if self._enabled:
+            self._queue.put(batch)
 
     def drain(self) -> None:
         """Wait until every batch handed over so far is written."""

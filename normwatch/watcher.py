@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normwatch import stats, tensorboard, update
+from normwatch import _dist, stats, tensorboard, update
 from normwatch.detect import Layer, scan, unwrap
 from normwatch.records import Batch, Recorder
 
@@ -135,11 +135,13 @@ class Watcher:
         self._n = 0
         self._meta: list[tuple[int, tuple[update.Hyper, ...], float]] = []
         self._recorder = Recorder([], [], [], self._family, every)
-        own_writer = writer is None
+        self._writes = _dist.rank() == 0  # under torch.distributed, global rank 0 alone writes
+        self._sharded = False  # FSDP2: every rank holds a shard and takes part in one all-reduce per step
+        own_writer = writer is None and self._writes
         if own_writer:
             writer = self._make_writer(logdir)
-        self._sink = tensorboard.Sink(writer, self._to_points, self._preamble, close_writer=own_writer,
-                                      keep_history=keep_history)
+        self._sink = tensorboard.Sink(writer if self._writes else None, self._to_points, self._preamble,
+                                      close_writer=own_writer, keep_history=keep_history, enabled=self._writes)
         _ATTACHED[optimizer] = self
         self._handles = [
             model.register_forward_pre_hook(self._on_forward, with_kwargs=True),
@@ -169,7 +171,7 @@ class Watcher:
     @property
     def extra_memory_bytes(self) -> int:
         """Device memory normwatch holds: snapshots and gradient memories, plus the ring buffer."""
-        buffers = sum(2 * s.param.numel() * s.param.element_size() for s in self._slots)
+        buffers = sum(2 * s.snapshot.numel() * s.snapshot.element_size() for s in self._slots)
         return buffers + self._ring.numel() * self._ring.element_size()
 
     def flush(self) -> None:
@@ -227,7 +229,7 @@ class Watcher:
         self.close()
 
     def __repr__(self) -> str:
-        size = sum(s.param.numel() * s.param.element_size() for s in self._slots)
+        size = sum(s.snapshot.numel() * s.snapshot.element_size() for s in self._slots)
         return (f"Watcher(layers={len(self._layers)}, family={self._family!r}, every={self.every}, "
                 f"step={self.step}, extra_memory={self.extra_memory_bytes / 2**20:.2f} MiB "
                 f"(2 × {size / 2**20:.2f} MiB instrumented + ring), closed={self._closed})")
@@ -290,6 +292,10 @@ class Watcher:
         base = unwrap(self._model)
         params = dict(base.named_parameters(remove_duplicate=False))
         group_of = {id(p): i for i, group in enumerate(self._optimizer.param_groups) for p in group["params"]}
+        self._sharded = any(_dist.is_dtensor(params[n]) for layer in layers for n in layer.params)
+        if not self._writes and not self._sharded:  # DDP: rank 0 has the same numbers; the others rest
+            self._layers = layers
+            return
         kept: list[Layer] = []
         for layer in layers:
             missing = [n for n in layer.params if id(params[n]) not in group_of]
@@ -299,9 +305,10 @@ class Watcher:
                 continue
             for name in layer.params:
                 p = params[name]
+                shard = _dist.local(p.detach())
                 self._slots.append(_Slot(name, len(kept), p, group_of[id(p)],
-                                         torch.empty_like(p, memory_format=torch.preserve_format).detach(),
-                                         torch.zeros_like(p, memory_format=torch.preserve_format).detach()))
+                                         torch.empty_like(shard, memory_format=torch.preserve_format),
+                                         torch.zeros_like(shard, memory_format=torch.preserve_format)))
             kept.append(layer)
         self._layers = kept
         self._layer_group = [next(s.group for s in self._slots if s.layer == i) for i in range(len(kept))]
@@ -372,7 +379,8 @@ class Watcher:
         state = optimizer.state
         self._first = [state.get(s.param, {}).get("momentum_buffer") is None for s in self._slots]
         if self._recording:
-            torch._foreach_copy_([s.snapshot for s in self._slots], [s.param.detach() for s in self._slots])
+            weights = [_dist.local(s.param.detach()) for s in self._slots]
+            torch._foreach_copy_([s.snapshot for s in self._slots], weights)
 
     @torch.compiler.disable
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -388,12 +396,16 @@ class Watcher:
         with torch.no_grad():
             for slot, first in zip(self._slots, self._first):
                 g = slot.param.grad
+                if g is not None and self._sharded:
+                    g = _dist.local(g)
                 if g is None:
                     if self._recording:
                         rows.append(stats.absent_row(self._ring.device))
                     continue
                 hp = hypers[slot.group]
                 state = optimizer.state.get(slot.param, {})
+                if self._sharded:
+                    state = {k: _dist.local(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
                 trust = state.get("trust_ratio") if family == "lars" else None
                 v = slot.memory
                 if self._recording:
@@ -402,14 +414,17 @@ class Watcher:
                 update.advance_memory(family, hp, v, g, trust, first)
                 if self._recording:
                     w_prev = slot.snapshot
-                    u = slot.param.detach() - w_prev
+                    u = _dist.local(slot.param.detach()) - w_prev
                     u_wd = update.decay_part(family, hp, state, w_prev, u, v, trust)
                     rows.append(stats.update_sums(w_prev, u, g, u_wd, trust, gv, vv).to(self._ring.device))
                 if before is not None:
                     v.copy_(torch.where(found_inf.reshape([1] * v.dim()) > 0, before, v))
             if not self._recording:
                 return
-            self._ring[self._n].copy_(torch.stack(rows))
+            rows = torch.stack(rows)
+            if self._sharded:
+                _dist.sum_over_ranks(rows)  # every per-tensor sum is a sum over elements: shards add up
+            self._ring[self._n].copy_(rows)
             if found_inf is not None:
                 self._ring_skipped[self._n].copy_(found_inf.reshape(()))
         self._meta.append((call, tuple(hypers[group] for group in self._layer_group), time.time()))
