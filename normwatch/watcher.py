@@ -9,7 +9,7 @@ device. Every ``flush_every`` recorded steps (and at ``close``), the ring is cop
 transfer (non-blocking on CUDA) and handed to the writer thread. No host-device sync in the hooks.
 
 Extra device memory: one snapshot and one gradient memory per instrumented tensor (2× their size),
-plus the ring buffer (``flush_every`` × tensors × 14 floats).
+plus the ring buffer (``flush_every`` × tensors × 12 floats).
 """
 
 from __future__ import annotations
