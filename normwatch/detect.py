@@ -227,9 +227,21 @@ def _unchanged(reference: list[torch.Tensor], scaled: list[torch.Tensor]) -> boo
         return False
     for a, b in zip(reference, scaled):
         scale = a.abs().max().item() if a.numel() else 0.0
-        if a.shape != b.shape or (a - b).abs().max().item() > CONFIRM_RTOL * scale + 1e-6:
+        rtol = max(CONFIRM_RTOL, 16 * torch.finfo(a.dtype).eps)  # half-precision models round more
+        if a.shape != b.shape or (a - b).abs().max().item() > rtol * scale + 1e-6:
             return False
     return True
+
+
+@contextlib.contextmanager
+def _no_autocast() -> Iterator[None]:
+    """Full precision for detection's forwards: the dataflow is the same, and rescaled weights are not
+    hidden by autocast's cache of low-precision weight copies."""
+    with contextlib.ExitStack() as stack:
+        for device in ("cpu", "cuda"):
+            if device == "cpu" or torch.cuda.is_available():
+                stack.enter_context(torch.autocast(device, enabled=False))
+        yield
 
 
 @contextlib.contextmanager
@@ -259,7 +271,7 @@ def _preserved(base: nn.Module) -> Iterator[Any]:
         try:
             if not base.training:  # a training model keeps its submodules' modes: a frozen BN stays frozen
                 base.train()
-            with torch.no_grad():
+            with torch.no_grad(), _no_autocast():
                 yield replay
         finally:
             with torch.no_grad():

@@ -13,6 +13,7 @@ value: a layer whose gradient or weight was not finite is left out of that step,
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Batch:
     hypers: list[tuple[Hyper, ...]]  # per record, per layer
     walltimes: list[float]
     ready: Callable[[], None] = lambda: None  # waits for the device-to-host copy
+    steps: list[int | None] | None = None  # the x-axis value given by the user's step_fn, per record
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Recorder:
             step = call - self.skipped_total
             if self.filter_every and step % self.every:
                 continue
+            if batch.steps is not None and batch.steps[r] is not None:
+                step = batch.steps[r]
             point = self._point(step, sums[r], batch.hypers[r])
             self.last_step = step
             out.append((step, batch.walltimes[r], point))
@@ -87,8 +91,8 @@ class Recorder:
         for i, name in enumerate(self.layer_names):
             if not present[i]:
                 continue
-            core = ("w_norm2", "cos_wg", "radial", "tangential", "lars_ratio")
-            if not all(math.isfinite(metrics[m][i]) for m in core):
+            raw = [sums[i, stats.INDEX[k]] for k in ("ww", "wg", "gg", "wu", "uu")]
+            if not all(math.isfinite(x) for x in raw):  # a 0/0 (e.g. cos_wg of a zero gradient) is no error
                 self._warn_once(f"nonfinite:{name}", f"normwatch: layer {name!r} had a non-finite gradient or "
                                 f"weight at step {step}; that step is not recorded for it (warned once).")
                 continue
@@ -114,4 +118,12 @@ class Recorder:
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            warn_from_thread(message)
+
+
+def warn_from_thread(message: str) -> None:
+    """Warn from the writer thread; under ``-W error`` the error is printed, never raised in the thread."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    except Exception as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)

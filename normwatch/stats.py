@@ -2,8 +2,7 @@
 
 On the device, each tracked tensor contributes the sums in :data:`SUMS` (w = w_t, the weight before the
 step; u = w_{t+1} − w_t; g the gradient the step used; v the gradient memory before the step; u_wd the
-weight-decay part of u, u_g = u − u_wd, whose sums follow by linearity; t the LARS trust ratio, 1
-elsewhere). Nothing is read back
+weight-decay part of u, u_g = u − u_wd; t the LARS trust ratio, 1 elsewhere). Nothing is read back
 per step. On the host (the writer thread), layers are sums of their tensors and, in float64:
 
 - ``w_norm2`` = |w|², ``w_norm2_rel`` = |w|²/|w_0|², ``cos_wg`` = w·g/(|w||g|)
@@ -22,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-SUMS = ("present", "ww", "wg", "gg", "wu", "uu", "gv", "vv", "w_uwd", "uwd2", "u_uwd", "tgg")
+SUMS = ("present", "ww", "wg", "gg", "wu", "uu", "gv", "vv", "w_uwd", "uwd2", "w_ug", "ug2", "u_uwd", "tgg")
 INDEX = {name: i for i, name in enumerate(SUMS)}
 MEASURED = ("w_norm2", "w_norm2_rel", "cos_wg", "radial", "tangential", "angle", "lars_ratio", "grad_autocorr")
 SPLIT = ("shrink", "growth", "cross")
@@ -57,9 +56,11 @@ def update_sums(w_prev: torch.Tensor, u: torch.Tensor, g: torch.Tensor, u_wd: to
     """The row of :data:`SUMS` for one tensor in one step (u = w_{t+1} − w_t), as one device tensor."""
     gg = dot(g, g)
     if u_wd is None:
-        split = [torch.full((), float("nan"), device=u.device)] * 3
-    else:  # the u_g = u − u_wd sums follow from these by linearity (see derive)
-        split = [dot(w_prev, u_wd), dot(u_wd, u_wd), dot(u, u_wd)]
+        split = [torch.full((), float("nan"), device=u.device)] * 5
+    else:
+        # w·u_g and |u_g|² directly (exactly 0 for a zero gradient); u_wd·u_g = u·u_wd − |u_wd|² is O(|u|²)
+        u_g = u - u_wd
+        split = [dot(w_prev, u_wd), dot(u_wd, u_wd), dot(w_prev, u_g), dot(u_g, u_g), dot(u, u_wd)]
     tgg = gg if trust is None else gg * trust.float() ** 2
     one = torch.ones((), device=u.device)
     row = [one, dot(w_prev, w_prev), dot(w_prev, g), gg, dot(w_prev, u), dot(u, u), gv, vv, *split, tgg]
@@ -106,8 +107,7 @@ def derive(sums: np.ndarray, w0_norm2: np.ndarray, lr: np.ndarray) -> dict[str, 
             "lars_ratio": lr * np.sqrt(s["tgg"]) / norm,
             "grad_autocorr": np.where(s["vv"] > 0, s["gv"] / np.sqrt(gg * s["vv"]), np.nan),
             "shrink": -(2.0 * s["w_uwd"] + s["uwd2"]),
-            # u_g = u − u_wd: w·u_g = w·u − w·u_wd, |u_g|² = |u|² − 2u·u_wd + |u_wd|², u_wd·u_g = u·u_wd − |u_wd|²
-            "growth": 2.0 * (wu - s["w_uwd"]) + (uu - 2.0 * s["u_uwd"] + s["uwd2"]),
-            "cross": 2.0 * (s["u_uwd"] - s["uwd2"]),
+            "growth": 2.0 * s["w_ug"] + s["ug2"],
+            "cross": 2.0 * (s["u_uwd"] - s["uwd2"]),  # u_wd·u_g = u·u_wd − |u_wd|²
         }
     return metrics

@@ -11,11 +11,10 @@ from __future__ import annotations
 import queue
 import re
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from normwatch.records import Batch, Point
+from normwatch.records import Batch, Point, warn_from_thread
 
 PAIRS = {"shrink vs growth": ("shrink", "growth"),
          "lars_ratio vs lars_theory": ("lars_ratio", "lars_theory"),
@@ -87,15 +86,14 @@ class Sink:
                 self._fail(error)
 
     def _run(self) -> None:
-        while True:
+        while True:  # this thread must outlive any error: flush() and close() wait for it
             batch = self._queue.get()
             try:
                 if batch is None:
                     return
                 self._write(self._to_points(batch))
-            except Exception as error:
-                warnings.warn(f"normwatch: could not record a batch of steps: {error!r}", RuntimeWarning,
-                              stacklevel=1)
+            except BaseException as error:
+                warn_from_thread(f"normwatch: could not record a batch of steps: {error!r}")
             finally:
                 self._queue.task_done()
 
@@ -131,5 +129,5 @@ class Sink:
         if not self._failed:
             self._failed = True
             self.keep_history = True
-            warnings.warn(f"normwatch: cannot write to TensorBoard ({error}); training goes on and the metrics "
-                          "are kept in memory in Watcher.history.", RuntimeWarning, stacklevel=2)
+            warn_from_thread(f"normwatch: cannot write to TensorBoard ({error}); training goes on and the "
+                             "metrics are kept in memory in Watcher.history.")

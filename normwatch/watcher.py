@@ -9,7 +9,7 @@ device. Every ``flush_every`` recorded steps (and at ``close``), the ring is cop
 transfer (non-blocking on CUDA) and handed to the writer thread. No host-device sync in the hooks.
 
 Extra device memory: one snapshot and one gradient memory per instrumented tensor (2× their size),
-plus the ring buffer (``flush_every`` × tensors × 12 floats).
+plus the ring buffer (``flush_every`` × tensors × 14 floats).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +61,8 @@ def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None = None,
            writer: Any = None, every: int = 1, layers: Sequence[str] | None = None, flush_every: int = 64,
-           ema_beta: float = update.DEFAULT_EMA_BETA, keep_history: bool = False,
-           confirm: bool = True) -> Watcher:
+           ema_beta: float = update.DEFAULT_EMA_BETA, keep_history: bool = False, confirm: bool = True,
+           step_fn: Callable[[], int] | None = None) -> Watcher:
     """Watch the scale-invariant layers of ``model`` as ``optimizer`` trains them; log to TensorBoard.
 
     Args:
@@ -79,6 +79,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
         ema_beta: decay of the gradient memory for optimizers without momentum (``grad_autocorr``).
         keep_history: also keep every point in memory (``Watcher.history``).
         confirm: confirm detection numerically (one more forward on the first batch).
+        step_fn: the x-axis value of each recorded step, read as the step starts (a trainer's own
+            counter, e.g. ``lambda: trainer.global_step``, which also counts steps AMP skipped). By
+            default normwatch counts the optimizer steps that happened.
 
     Returns:
         The :class:`Watcher`; ``close()`` it (or use it as a context manager) to flush and unhook.
@@ -88,7 +91,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
         ValueError: on invalid arguments.
     """
     return Watcher(model, optimizer, logdir=logdir, writer=writer, every=every, layers=layers,
-                   flush_every=flush_every, ema_beta=ema_beta, keep_history=keep_history, confirm=confirm)
+                   flush_every=flush_every, ema_beta=ema_beta, keep_history=keep_history, confirm=confirm,
+                   step_fn=step_fn)
 
 
 class Watcher:
@@ -96,7 +100,7 @@ class Watcher:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None, writer: Any,
                  every: int, layers: Sequence[str] | None, flush_every: int, ema_beta: float,
-                 keep_history: bool, confirm: bool) -> None:
+                 keep_history: bool, confirm: bool, step_fn: Callable[[], int] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
         optimizer = _unwrap_optimizer(optimizer)
@@ -113,6 +117,8 @@ class Watcher:
         if optimizer in _ATTACHED:
             raise RuntimeError("normwatch is already attached to this optimizer; close() that Watcher first.")
         self.every = every
+        self._step_fn = step_fn
+        self._step_now: int | None = None  # step_fn's value for the step under way
         self._model = model
         self._optimizer = optimizer
         self._patterns = list(layers or [])
@@ -133,7 +139,7 @@ class Watcher:
         self._pending_state: dict[str, Any] | None = None
         self._ring = self._ring_skipped = torch.empty(0)
         self._n = 0
-        self._meta: list[tuple[int, tuple[update.Hyper, ...], float]] = []
+        self._meta: list[tuple[int, int | None, tuple[update.Hyper, ...], float]] = []
         self._recorder = Recorder([], [], [], self._family, every)
         self._writes = _dist.rank() == 0  # under torch.distributed, global rank 0 alone writes
         self._sharded = False  # FSDP2: every rank holds a shard and takes part in one all-reduce per step
@@ -373,6 +379,7 @@ class Watcher:
             return
         optimizer = self._optimizer
         self._armed = True
+        self._step_now = int(self._step_fn()) if self._step_fn is not None else None
         skip_aware = getattr(optimizer, "found_inf", None) is not None  # fused optimizer under a GradScaler
         self._recording = skip_aware or self._calls % self.every == 0
         self._recorder.filter_every = self._recorder.filter_every or (skip_aware and self.every > 1)
@@ -427,7 +434,7 @@ class Watcher:
             self._ring[self._n].copy_(rows)
             if found_inf is not None:
                 self._ring_skipped[self._n].copy_(found_inf.reshape(()))
-        self._meta.append((call, tuple(hypers[group] for group in self._layer_group), time.time()))
+        self._meta.append((call, self._step_now, tuple(hypers[group] for group in self._layer_group), time.time()))
         self._n += 1
         if self._n == self._flush_every:
             self._flush()
@@ -450,8 +457,8 @@ class Watcher:
         else:
             host_rows, host_skipped, ready = rows.clone(), skipped.clone(), (lambda: None)
         self._ring_skipped.zero_()
-        self._sink.put(Batch(host_rows, host_skipped, [m[0] for m in meta], [m[1] for m in meta],
-                             [m[2] for m in meta], ready))
+        calls, steps, hypers, walltimes = (list(column) for column in zip(*meta))
+        self._sink.put(Batch(host_rows, host_skipped, calls, hypers, walltimes, ready, steps))
 
     def _to_points(self, batch: Batch) -> list[Any]:
         return self._recorder.points(batch)

@@ -1,0 +1,56 @@
+"""What the integrations share: the one-sentence error for a missing framework, and the attach options."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import warnings
+from types import ModuleType
+from typing import Any
+
+import normwatch
+
+# The keyword arguments of normwatch.attach that an integration passes through (it chooses model,
+# optimizer and where to write itself).
+ATTACH_OPTIONS = frozenset(inspect.signature(normwatch.attach).parameters) - {"model", "optimizer", "logdir", "writer"}
+
+
+def import_first(integration: str, framework: str, extra: str, *modules: str) -> dict[str, ModuleType]:
+    """Import every module of ``modules`` that is installed; when none is, raise the one-sentence ImportError.
+
+    Raises:
+        ImportError: "normwatch.integrations.<x> needs <Framework>: pip install 'normwatch[<extra>]'".
+    """
+    found: dict[str, ModuleType] = {}
+    error: ImportError | None = None
+    for name in modules:
+        try:
+            found[name] = importlib.import_module(name)
+        except ImportError as missing:
+            error = error or missing
+    if not found:
+        raise ImportError(f"{integration} needs {framework}: pip install 'normwatch[{extra}]'") from error
+    return found
+
+
+def check_options(owner: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Reject keyword arguments that :func:`normwatch.attach` does not take, naming the ones it does."""
+    unknown = sorted(set(options) - ATTACH_OPTIONS)
+    if unknown:
+        raise TypeError(f"{owner} got unexpected keyword arguments {', '.join(map(repr, unknown))}; the normwatch "
+                        f"options are {', '.join(sorted(ATTACH_OPTIONS))}.")
+    return dict(options)
+
+
+def resume_at(watcher: normwatch.Watcher, step: int, optimizer: Any, owner: str) -> None:
+    """Start ``watcher``'s step count at ``step``: a run resumed without normwatch's own state.
+
+    Where the optimizer's state was restored too, normwatch's gradient memory (its replay of the momentum
+    on gradients alone) cannot be, and one warning says what that costs.
+    """
+    watcher.load_state_dict({"version": 1, "step": int(step), "w0_norm2": {}, "memory": {}})
+    if getattr(optimizer, "state", None):
+        warnings.warn(f"{owner}: resuming at step {step} without normwatch's state: the curves go on at that step, "
+                      "but normwatch's gradient memory starts afresh while the optimizer's momentum does not, so "
+                      "grad_autocorr and the shrink/growth split settle over the next ~1/(1 - momentum) steps.",
+                      RuntimeWarning, stacklevel=3)

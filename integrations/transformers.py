@@ -1,0 +1,85 @@
+"""Hugging Face Trainer
+====================
+
+:class:`NormwatchCallback` runs normwatch inside ``Trainer.train`` (transformers ≥ 4.45): it attaches to
+the model and the Trainer's optimizer when training begins and closes when training ends. It attaches
+in every process and global rank zero alone writes (normwatch's own rule: under DDP the gradients are
+all-reduced, so the other processes rest; under FSDP2 each adds its shard's sums).
+
+It writes next to the Trainer's TensorBoard logs, in a ``normwatch`` subdirectory of the directory the
+Trainer's ``TensorBoardCallback`` uses: ``args.logging_dir`` (transformers 4.x), else
+``$TENSORBOARD_LOGGING_DIR``, else ``<output_dir>/runs/<date>_<host>`` (transformers 5.x). A point at step
+``s`` describes the optimizer step taken while ``state.global_step == s``; the Trainer logs that step's
+loss at ``s + 1``, after counting it.
+
+Gradient accumulation, mixed precision and ``max_grad_norm`` need nothing: normwatch reads the gradient
+in the optimizer's step hooks, after the Trainer has accumulated, unscaled and clipped it, and a step the
+AMP scaler skipped is not recorded.
+
+Example::
+
+    from normwatch.integrations.transformers import NormwatchCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[NormwatchCallback()])
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+from typing import Any
+
+import normwatch
+
+from ._imports import check_options, import_first, resume_at
+
+_transformers = import_first("normwatch.integrations.transformers", "transformers", "transformers",
+                             "transformers")["transformers"]
+
+__all__ = ["NormwatchCallback"]
+
+
+class NormwatchCallback(_transformers.TrainerCallback):
+    """normwatch as a ``transformers.TrainerCallback``: see :mod:`normwatch.integrations.transformers`.
+
+    Args:
+        logdir: write here instead of next to the Trainer's TensorBoard logs.
+        **options: passed to :func:`normwatch.attach`: ``every``, ``layers``, ``flush_every``, ``ema_beta``,
+            ``keep_history``, ``confirm``.
+
+    Raises:
+        TypeError: on a keyword argument that :func:`normwatch.attach` does not take.
+    """
+
+    def __init__(self, *, logdir: str | None = None, **options: Any) -> None:
+        self.logdir = logdir
+        self.options = check_options(type(self).__name__, options)
+        self.watcher: normwatch.Watcher | None = None  # the Watcher of the last train()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
+        self._close()
+        if model is None or optimizer is None:
+            raise RuntimeError(f"{type(self).__name__}: the Trainer passed no model or optimizer to on_train_begin "
+                               "(transformers >= 4.45 does).")
+        options = {"step_fn": lambda: state.global_step, **self.options}  # the Trainer's axis, AMP skips included
+        self.watcher = normwatch.attach(model, optimizer, logdir=self.logdir or _logdir(args), **options)
+        if state.global_step > 0:  # resume_from_checkpoint
+            resume_at(self.watcher, state.global_step, optimizer, type(self).__name__)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+
+
+def _logdir(args: Any) -> str:
+    """``<the Trainer's TensorBoard directory>/normwatch``, as ``TensorBoardCallback`` chooses it."""
+    base = getattr(args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if base is None:  # transformers 5.x: the default of TensorBoardCallback (and of SummaryWriter)
+        base = os.path.join(args.output_dir, "runs", f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}")
+    return os.path.join(os.path.expanduser(base), "normwatch")
