@@ -462,7 +462,7 @@ def test_repr_reports_the_extra_memory(tmp_path) -> None:
     with normwatch.attach(model, opt, logdir=str(tmp_path), flush_every=8) as watch:
         _train(model, opt, _batches(1))
         params = model[0].weight.numel() + model[5].weight.numel()
-        assert watch.extra_memory_bytes == 2 * 4 * params + 8 * 2 * 12 * 4  # ring: 8 steps × 2 tensors × 12 sums
+        assert watch.extra_memory_bytes == 2 * 4 * params + 8 * 2 * 14 * 4  # ring: 8 steps × 2 tensors × 14 sums
         assert "MiB" in repr(watch) and "layers=2" in repr(watch)
 
 
