@@ -486,3 +486,32 @@ def test_forward_inside_step_closure_is_recorded_from_the_first_step(tmp_path) -
     for tag, points in expected.history.items():
         assert [s for s, _ in watch.history[tag]] == [s for s, _ in points], tag
         assert [v for _, v in watch.history[tag]] == pytest.approx([v for _, v in points], rel=1e-5, abs=1e-8), tag
+
+
+def test_warnings_as_errors_cannot_kill_the_writer_thread(tmp_path, capfd) -> None:
+    """Under -W error a warning raised on the writer thread is printed; flush() and close() still return."""
+    import threading
+
+    model = _model()
+    opt = _sgd(model)
+    done = threading.Event()
+
+    def run() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            watch = normwatch.attach(model, opt, logdir=str(tmp_path), flush_every=1)
+            for i, (x, y) in enumerate(_batches(3)):
+                F.cross_entropy(model(x), y).backward()
+                if i == 1:
+                    model[0].weight.grad.fill_(float("nan"))  # the writer thread warns about it
+                opt.step()
+                opt.zero_grad()
+            watch.flush()
+            watch.close()
+        done.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done.is_set(), "flush() or close() hung: the writer thread died"
+    assert "non-finite" in capfd.readouterr().err
