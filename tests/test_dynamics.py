@@ -18,6 +18,12 @@ from normwatch.optim import LARS
 STEPS = 12
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch) -> None:
+    """The runs here log to the default `runs/`: keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
