@@ -393,9 +393,11 @@ def test_smoke_run_writes_every_run(smoke):
         assert result["steps"] == 2 and 0 <= result["test_acc"] <= 1 and result["normwatch_layers"] > 0
         acc = _events(d)
         scalars = acc.Tags()["scalars"]
-        assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+        assert [e.step for e in acc.Scalars("train/loss")] == [0, 1]  # 0-based, as normwatch's steps
         assert {"train/acc", "test/acc", "lr"} <= set(scalars)
-        assert any(t.startswith("normwatch/") for t in scalars)
+        normwatch_tags = [t for t in scalars if t.startswith("normwatch/")]
+        assert normwatch_tags and acc.Scalars(normwatch_tags[0])[-1].step == 1
+        assert [e.step for e in acc.Scalars("test/acc")] == [1]
         assert acc.Scalars("test/acc")[-1].value == pytest.approx(result["test_acc"])
         text = acc.Tensors("demo/config/text_summary")[0].tensor_proto.string_val[0].decode()
         assert json.loads(text) == config
@@ -419,6 +421,7 @@ def test_smoke_run_configs_of_the_parts(smoke):
     assert lars_lr == pytest.approx(math.sqrt(2 * 0.4 * np.interp(1 / 4, [0, 10 / 24, 2], [0, 1, 0]) * 5e-5), 1e-6)
     sweep = json.loads((out / "sweep" / "extra_l1_l2_l3-lr1.6-s0" / "config.json").read_text())
     assert (sweep["arch"], sweep["peak_lr"], sweep["nesterov"]) == ("extra_l1_l2_l3", 1.6, True)
+    assert (sgdm["epochs"], sweep["epochs"]) == (2, 3)  # --epochs 2; the cpu preset's 3 sweep epochs
     for key in ("part", "arch", "peak_lr", "weight_decay", "momentum", "nesterov", "optimizer", "lars_lr",
                 "epochs", "batch_size", "seed", "preset", "width"):
         assert key in sgdm
@@ -480,8 +483,10 @@ def test_official_pickle_keys_may_also_be_str(tmp_path):
 def test_without_cuda_the_cpu_preset_is_the_default(capsys):
     cfg, why = demo.parse_args([])
     assert (cfg.preset, cfg.device, cfg.out) == ("cpu", "cpu", "runs/cpu") and "without CUDA" in why
-    assert (cfg.width, cfg.epochs, cfg.subset, cfg.seeds) == (0.125, 5, 10_000, 1)
-    assert demo.parse_args(["--preset", "full"])[0].epochs == 24
+    assert (cfg.width, cfg.batch_size, cfg.epochs, cfg.sweep_epochs, cfg.subset) == (0.125, 128, 20, 3, 12_500)
+    assert 12_500 // 128 == 97 == 50_000 // 512  # the cpu preset keeps the recipe's 97 steps per epoch
+    full = demo.parse_args(["--preset", "full"])[0]
+    assert (full.width, full.batch_size, full.epochs, full.subset, full.seeds) == (1.0, 512, 24, 0, 3)
     assert demo.parse_args(["--preset", "cpu", "--epochs", "3"])[0].epochs == 3  # flags override presets
     with pytest.raises(SystemExit):
         demo.parse_args(["--device", "cuda"])

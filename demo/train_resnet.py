@@ -1,0 +1,739 @@
+"""Myrtle's ResNet-9 on CIFAR-10 with normwatch attached: the study of "How to Train Your ResNet 6".
+
+One file, read top to bottom: Config → Data → Model → Optimizers and the study's hyperparameters →
+normwatch wiring, training and evaluation → Study → main.
+
+    python demo/train_resnet.py                          # the whole study; the preset follows the hardware
+    python demo/train_resnet.py --parts sgdm,lars        # some parts, of sgdm, sgd, lars, sweep
+    python demo/train_resnet.py --preset full --compile  # on a GPU
+    python demo/train_resnet.py --parts sweep --seeds 3  # the post averaged three runs per point
+    tensorboard --logdir runs/
+
+Each run is a TensorBoard run directory, runs/<study>/<part>/ or runs/<study>/sweep/<arch>-lr<peak>-s<seed>/,
+with normwatch's `normwatch/<metric>/<layer>` tags, `train/loss`, `train/acc`, `test/acc` (fractions), `lr`
+(the actual lr of the conv-weight group), the run's hyperparameters as the text `demo/config`, and
+config.json plus result.json (written last: it marks a finished run, which a rerun skips). The x axis is the
+0-based optimizer step, as normwatch's: the values at t belong to the update w_t → w_t+1, and test/acc at t
+is measured after it.
+
+Measured, cpu preset (the default without CUDA), 2 CPU cores, torch 2.13.0+cpu, the JPEG CIFAR-10 copy from
+shared/data/make_cifar10.py: the whole study, 23 runs and the report, in 7 min 23 s wall time on an otherwise
+idle machine. Final test accuracy (1,000 test images): sgdm 0.780, sgd 0.762, lars 0.776; sweep (3 epochs
+each) 0.45–0.61. normwatch's report finds the equilibrium window at steps 840–1062 of sgdm and sgd.
+Not measured yet: the full and quick presets and the whole CUDA path (bf16 autocast, channels_last,
+--compile); no GPU was available. The target there is 24 epochs in ≤ 20 s on an H100 and ≥ 94.0% median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import pickle
+import shutil
+import sys
+import tarfile
+import time
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import normwatch
+from normwatch.optim import LARS
+
+try:
+    from normwatch.report import write_report
+except ImportError:  # the report is optional
+    write_report = None
+
+##############################################################################################################
+#                                                   Config                                                   #
+##############################################################################################################
+
+PARTS = ("sgdm", "sgd", "lars", "sweep")
+
+
+@dataclass
+class Config:
+    preset: str = "full"  # full | quick | cpu: sets the fields PRESETS names, unless flags do
+    parts: tuple[str, ...] = PARTS  # which parts of the study to run, in this order
+    # data
+    data_dir: str = "data"  # holds cifar-10-batches-py/ (or gets the official tarball extracted into it)
+    subset: int = 0  # training images, a class-balanced prefix; 0 = all 50,000
+    test_subset: int = 0  # test images, a class-balanced prefix; 0 = all 10,000
+    # model
+    width: float = 1.0  # channel multiplier: 1.0 = 64/128/256/512 channels (ResNet-9: 6,573,120 params)
+    # recipe (Myrtle's; the loss is the batch mean instead of the sum, see make_optimizer)
+    epochs: int = 24
+    sweep_epochs: int = 0  # epochs of each sweep run; 0 = epochs
+    batch_size: int = 512  # the last partial batch of an epoch is dropped, as Myrtle: 97 steps per epoch
+    peak_lr: float = 0.4  # lr is piecewise linear 0 → peak → 0, the peak at 5/24 of the run (epoch 5 of 24)
+    momentum: float = 0.9  # Nesterov
+    weight_decay: float = 5e-4  # L2 on every parameter (conv, BN scale and shift, classifier), as Myrtle
+    cutout: int = 8  # side of the zeroed square, pixels
+    # study
+    lrs: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)  # sweep grid of peak lrs: my choice, ×2 around 0.4
+    archs: tuple[str, ...] = ("basic", "resnet9", "res_l1_l2_l3", "extra_l1_l2_l3")  # sweep architectures
+    seeds: int = 3  # sweep repeats per point (seeds seed, seed+1, ...); the post averaged three
+    seed: int = 0
+    # machinery
+    device: str = "cuda"
+    compile: bool = False  # torch.compile the model (the optimizer step and normwatch's hooks stay eager)
+    every: int = 1  # normwatch computes its statistics every N optimizer steps
+    max_steps: int = 0  # stop each run after N optimizer steps (smoke tests); 0 = no limit
+    out: str = ""  # study directory; default runs/<preset>
+    report: bool = True  # render normwatch's report into <out>/report when normwatch.report is importable
+
+
+# The cpu preset keeps the study's structure (all four parts, the whole sweep grid) and shrinks it to fit
+# in 10 minutes on 2 CPU cores: a 1/8-width net (8/16/32/64 channels) on a class-balanced subset. It keeps
+# the recipe's per-step dynamics: batch 128 with the same lr, weight decay and momentum (which is what
+# Myrtle's code, lr/batch_size on a summed loss and wd·batch_size, gives for batch_size=128) and 12,500
+# images, so an epoch is 97 steps as in the full recipe. Then η·λ per step, and so the time to weight-norm
+# equilibrium (≈125 steps at the peak), are the full recipe's, and parts 1–3 (20 epochs, 1,940 steps)
+# reach equilibrium, which batch 512 on a CPU budget would not. Each sweep run gets 3 epochs.
+# Accuracies say little about the full recipe's; the normwatch curves show the same mechanisms.
+PRESETS = {
+    "full": dict(width=1.0, epochs=24, sweep_epochs=0, batch_size=512, subset=0, test_subset=0, seeds=3),
+    "quick": dict(width=1.0, epochs=10, sweep_epochs=0, batch_size=512, subset=0, test_subset=0, seeds=1),
+    "cpu": dict(width=0.125, epochs=20, sweep_epochs=3, batch_size=128, subset=12_500, test_subset=1_000,
+                seeds=1),
+}
+
+##############################################################################################################
+#                                                    Data                                                    #
+##############################################################################################################
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the tarball; extracted batches are checked by shape
+CIFAR_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+MEAN = (125.31, 122.95, 113.87)  # per channel, 0–255 scale (Myrtle's cifar10_mean, cifar10_std)
+STD = (62.99, 62.09, 66.70)
+FIX = "delete it and run again to re-download, or put a fresh extracted copy of the official tarball there"
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or undownloadable CIFAR-10; the message is one sentence that names the fix."""
+
+
+def _download(url: str, dest: Path) -> None:
+    urllib.request.urlretrieve(url, dest)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_cifar10(data_dir: str | Path) -> Path:
+    """The extracted batches: data_dir/cifar-10-batches-py, or data_dir itself if the batches are in it;
+    otherwise download the official tarball into data_dir, check its md5 and extract it there."""
+    data_dir = Path(data_dir)
+    if (data_dir / CIFAR_DIR).is_dir():
+        return data_dir / CIFAR_DIR
+    if (data_dir / TRAIN_FILES[0]).is_file():
+        return data_dir
+    tarball = data_dir / "cifar-10-python.tar.gz"
+    if not tarball.is_file():
+        print(f"downloading {CIFAR_URL} into {data_dir}/ (163 MB)")
+        partial = data_dir / "cifar-10-python.tar.gz.part"
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _download(CIFAR_URL, partial)
+        except OSError as e:  # URLError and socket errors are OSErrors
+            partial.unlink(missing_ok=True)
+            raise DataError(
+                f"CIFAR-10 is not in {data_dir / CIFAR_DIR} and {CIFAR_URL} could not be downloaded ({e}), "
+                f"so download that file elsewhere and extract it into {data_dir}/, which gives "
+                f"{data_dir / CIFAR_DIR}/data_batch_1 … test_batch (or pass --data-dir with the folder "
+                f"that holds {CIFAR_DIR})."
+            ) from None
+        partial.rename(tarball)
+    digest = _md5(tarball)
+    if digest != CIFAR_MD5:
+        tarball.unlink()
+        raise DataError(f"{tarball} has md5 {digest} instead of {CIFAR_MD5}, so it was deleted: run again "
+                        f"to download it again.")
+    with tarfile.open(tarball, "r:gz") as tar:
+        tar.extractall(data_dir, filter="data")  # the "data" filter refuses absolute paths and links out
+    print(f"extracted {tarball} (md5 ok) into {data_dir / CIFAR_DIR}")
+    return data_dir / CIFAR_DIR
+
+
+def _read_batch(path: Path) -> dict:
+    """One pickled batch with str keys (the official files are Python 2 pickles, whose str keys come back
+    as bytes under encoding='bytes')."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing from the CIFAR-10 copy in {path.parent}: {FIX}.")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    except Exception as e:
+        raise DataError(f"{path} is not a valid CIFAR-10 pickle ({type(e).__name__}: {e}): {FIX}.") from None
+
+
+def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = _read_batch(path)
+    x, y = np.asarray(d.get("data")), np.asarray(d.get("labels"))
+    problem = None
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        problem = f"'data' should be uint8 of shape (N, 3072), not {x.dtype} {x.shape}"
+    elif y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        problem = f"'labels' should be {x.shape[0]} ints, not {y.dtype} {y.shape}"
+    elif y.size and (y.min() < 0 or y.max() > 9):
+        problem = f"labels should lie in 0..9, not {y.min()}..{y.max()}"
+    if problem:
+        raise DataError(f"{path} is not a valid CIFAR-10 batch ({problem}): {FIX}.")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)  # a row is the R plane, G plane, B plane
+
+
+def load_cifar10(data_dir: str | Path) -> dict:
+    """{'train': (x, y), 'test': (x, y), 'classes', 'root'}; x uint8 (N, 3, 32, 32), y int64 (N,), CPU."""
+    root = find_cifar10(data_dir)
+    meta = _read_batch(root / META_FILE)
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("label_names", [])]
+    if len(classes) != 10:
+        raise DataError(f"{root / META_FILE} should name 10 classes, not {len(classes)}: {FIX}.")
+    batches = [_images_and_labels(root / name) for name in TRAIN_FILES]
+    x_train, y_train = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    x_test, y_test = _images_and_labels(root / TEST_FILE)
+    for split, y in (("training", y_train), ("test", y_test)):
+        if len(np.unique(y)) != 10:
+            raise DataError(f"the {split} batches in {root} do not hold all 10 classes: {FIX}.")
+    t = torch.from_numpy
+    return dict(train=(t(x_train), t(y_train)), test=(t(x_test), t(y_test)), classes=classes, root=root)
+
+
+def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the first n // 10 images of each class in file order; all indices if n is 0 or ≥ len."""
+    if n <= 0 or n >= len(labels):
+        return torch.arange(len(labels))
+    per_class, picks = n // 10, []
+    for c in range(10):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"Expected at least {per_class} images of class {c} for a subset of {n}, "
+                             f"but the data has {len(idx)}.")
+        picks.append(idx[:per_class])
+    return torch.cat(picks).sort().values
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) → float32, standardised per channel with CIFAR-10's mean and std."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() - mean) / std
+
+
+def augment(x_padded: torch.Tensor, gen: torch.Generator, crop: int = 32, cutout: int = 8) -> torch.Tensor:
+    """Myrtle's augmentation for a whole epoch at once, on x's device: (N, C, crop+2p, crop+2p) → (N, C,
+    crop, crop). A random crop (every offset equally likely), a horizontal flip with p = 1/2, then a
+    cutout×cutout square set to 0 (the mean: it comes after normalisation) that lies fully inside the image.
+    All random numbers are drawn in bulk from `gen`; crop and flip are one gather, no per-image Python."""
+    n, c, hp, wp = x_padded.shape
+    dev = x_padded.device
+    dy = torch.randint(0, hp - crop + 1, (n,), generator=gen, device=dev)
+    dx = torch.randint(0, wp - crop + 1, (n,), generator=gen, device=dev)
+    flip = torch.rand(n, generator=gen, device=dev) < 0.5
+    ar = torch.arange(crop, device=dev)
+    rows = dy[:, None] + ar  # (N, crop)
+    cols = dx[:, None] + torch.where(flip[:, None], crop - 1 - ar, ar)  # (N, crop), reversed when flipped
+    n_idx = torch.arange(n, device=dev)[:, None, None, None]
+    c_idx = torch.arange(c, device=dev)[None, :, None, None]
+    out = x_padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]  # (N, C, crop, crop)
+    if cutout:
+        y0 = torch.randint(0, crop - cutout + 1, (n, 1), generator=gen, device=dev)
+        x0 = torch.randint(0, crop - cutout + 1, (n, 1), generator=gen, device=dev)
+        in_rows = (ar >= y0) & (ar < y0 + cutout)  # (N, crop)
+        in_cols = (ar >= x0) & (ar < x0 + cutout)
+        out = out.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0.0)
+    return out
+
+
+class DeviceData:
+    """The dataset (or its subset) on the device: training images normalised and reflect-padded by 4 once
+    (Myrtle: np.pad(mode='reflect')), test images normalised."""
+
+    def __init__(self, cifar: dict, device: torch.device, subset: int = 0, test_subset: int = 0):
+        (x, y), (xt, yt) = cifar["train"], cifar["test"]
+        i, it = balanced_subset(y, subset), balanced_subset(yt, test_subset)
+        self.train_x = F.pad(normalise(x[i].to(device)), (4, 4, 4, 4), mode="reflect")  # (N, 3, 40, 40)
+        self.train_y = y[i].to(device)
+        self.test_x = normalise(xt[it].to(device))  # (M, 3, 32, 32)
+        self.test_y = yt[it].to(device)
+
+    def epoch(self, gen: torch.Generator, cutout: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A shuffled, freshly augmented copy of the training set, for one epoch."""
+        perm = torch.randperm(len(self.train_y), generator=gen, device=self.train_y.device)
+        return augment(self.train_x[perm], gen, cutout=cutout), self.train_y[perm]
+
+
+##############################################################################################################
+#                                                   Model                                                    #
+##############################################################################################################
+
+# Myrtle's DAWNBench net (cifar10-fast dawn_utils.py: net, conv_bn, residual). The part-4 family is one
+# function: the basic net (prep, then three conv-bn-relu-pool layers) plus, after the pool of layer k, an
+# "extra" conv_bn or a "residual" block of two conv_bns. Residual: L1+L3 is ResNet-9.
+ARCHS = {
+    "basic": dict(extra_layers=(), res_layers=(), label="basic net"),
+    "resnet9": dict(extra_layers=(), res_layers=("layer1", "layer3"), label="Residual: L1+L3 (ResNet-9)"),
+    "res_l1_l2_l3": dict(extra_layers=(), res_layers=("layer1", "layer2", "layer3"),
+                         label="Residual: L1+L2+L3"),
+    "extra_l1_l2_l3": dict(extra_layers=("layer1", "layer2", "layer3"), res_layers=(),
+                           label="Extra: L1+L2+L3"),
+}
+
+
+def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+    # BatchNorm2d's defaults are Myrtle's: eps 1e-5, momentum 0.1, scale 1, shift 0. Pooling follows the ReLU.
+    layers = OrderedDict(conv=nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), bn=nn.BatchNorm2d(c_out),
+                         relu=nn.ReLU(inplace=True))
+    if pool:
+        layers["pool"] = nn.MaxPool2d(2)
+    return nn.Sequential(layers)
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.res1, self.res2 = conv_bn(c, c), conv_bn(c, c)
+
+    def forward(self, x):
+        return x + self.res2(self.res1(x))  # no ReLU after the add
+
+
+class Scale(nn.Module):
+    def __init__(self, weight: float):
+        super().__init__()
+        self.weight = weight  # a constant, not a parameter
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def net(extra_layers=(), res_layers=("layer1", "layer3"), width: float = 1.0, output_scale: float = 0.125):
+    """(N, 3, 32, 32) → (N, 10) logits. The defaults give ResNet-9."""
+    ch = {k: max(1, round(c * width)) for k, c in dict(prep=64, layer1=128, layer2=256, layer3=512).items()}
+    layers = OrderedDict(prep=conv_bn(3, ch["prep"]))
+    c_in = ch["prep"]
+    for name in ("layer1", "layer2", "layer3"):
+        block = conv_bn(c_in, ch[name], pool=True)
+        if name in res_layers:
+            block.add_module("residual", Residual(ch[name]))
+        if name in extra_layers:
+            block.add_module("extra", conv_bn(ch[name], ch[name]))
+        layers[name], c_in = block, ch[name]
+    layers.update(pool=nn.MaxPool2d(4), flatten=nn.Flatten(), linear=nn.Linear(c_in, 10, bias=False),
+                  scale=Scale(output_scale))
+    return nn.Sequential(layers)
+
+
+def build(arch: str, width: float) -> nn.Sequential:
+    spec = ARCHS[arch]
+    return net(spec["extra_layers"], spec["res_layers"], width)
+
+
+##############################################################################################################
+#                            Optimizers, schedule and the study's hyperparameters                            #
+##############################################################################################################
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Fraction of the peak lr that optimizer step `step` (1-based) uses: piecewise linear 0 → 1 → 0 at
+    epochs 0, 5/24·epochs, epochs, read at step/steps_per_epoch (Myrtle counts a step before reading)."""
+    return float(np.interp(step / steps_per_epoch, [0, epochs * 5 / 24, epochs], [0, 1, 0]))
+
+
+def sgd_equivalent(lr: float, weight_decay: float, momentum: float) -> tuple[float, float]:
+    """Peak lr and weight decay of SGD without momentum that match SGD+momentum (λ/(1−ρ) held fixed).
+
+    Momentum applies each gradient over many steps, with weights 1, ρ, ρ², … (Nesterov: 1+ρ, ρ², …): in
+    total 1/(1−ρ) times, and the same for the weight-decay term αw. So, summed, SGD+momentum moves w by
+    λ/(1−ρ)·g per gradient and shrinks it by λα/(1−ρ)·w per step. SGD with λ', α' does λ'·g and λ'α'·w.
+    The gradient step matches for λ' = λ/(1−ρ); the shrink λ'α' = λα/(1−ρ) then needs α' = α. The
+    scale-invariant step of SGD, √(2λ'α') (the seed's equation 6), is then √(2λα/(1−ρ)): the momentum
+    run's, per the seed's last equation."""
+    lr_sgd = lr / (1 - momentum)
+    return lr_sgd, lr * weight_decay / (1 - momentum) / lr_sgd
+
+
+def lars_lr(lr: float, weight_decay: float, momentum: float) -> float:
+    """The seed's λ_LARS = √(2·λ·α·(1−ρ)): in equilibrium SGD+momentum has λ·|g|/|w| ≈ this on
+    scale-invariant weights, so LARS with this lr should take the same steps (the seed's conjecture)."""
+    return math.sqrt(2 * lr * weight_decay * (1 - momentum))
+
+
+@dataclass
+class Run:
+    part: str  # sgdm | sgd | lars | sweep
+    name: str
+    arch: str
+    optimizer: str  # sgd | lars
+    peak_lr: float  # of the plain schedule λ(t) (for lars: the λ(t) that λ_LARS(t) is derived from)
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    seed: int
+    epochs: int = 24
+
+
+def make_optimizer(model: nn.Module, run: Run, steps_per_epoch: int, epochs: int):
+    """Two parameter groups: conv weights (scale-invariant under the BN after each: normwatch's subject)
+    and the rest (BN scales and shifts, the classifier). The loss is the batch mean, so lr 0.4 and wd 5e-4
+    equal Myrtle's lr 0.4/512 and wd 5e-4·512 on the summed loss exactly.
+
+    Departures from Myrtle: PyTorch's Nesterov keeps the lr outside the buffer (v = ρv + g + αw;
+    w -= lr·(g + αw + ρv)); Myrtle's later nesterov_update puts it inside (v = ρv − lr·(g + αw)). They
+    agree for a constant lr and differ slightly while it changes; Myrtle's 2018 code, which the post used,
+    called torch.optim.SGD(nesterov=True) as here. normwatch's LARS has heavy-ball momentum (no Nesterov),
+    in both of its groups."""
+    conv = [p for p in model.parameters() if p.ndim == 4]
+    rest = [p for p in model.parameters() if p.ndim != 4]
+
+    def schedule(s):  # LambdaLR passes the number of steps taken, so the step about to run is s + 1
+        return lr_factor(s + 1, steps_per_epoch, epochs)
+
+    if run.optimizer == "lars":
+        # conv weights: trust ratio |w|/|g + αw| and lr λ_LARS(t) = √(2·λ(t)·α·(1−ρ)) = λ_LARS(peak)·√factor;
+        # the rest: plain SGD with momentum (the `lars: False` group) on the recipe's λ(t).
+        groups = [dict(params=conv, lr=lars_lr(run.peak_lr, run.weight_decay, run.momentum)),
+                  dict(params=rest, lr=run.peak_lr, lars=False)]
+        opt = LARS(groups, lr=run.peak_lr, momentum=run.momentum, weight_decay=run.weight_decay)
+        factors = [lambda s: math.sqrt(schedule(s)), schedule]
+    else:
+        groups = [dict(params=conv), dict(params=rest)]
+        opt = torch.optim.SGD(groups, lr=run.peak_lr, momentum=run.momentum, nesterov=run.nesterov,
+                              weight_decay=run.weight_decay)
+        factors = [schedule, schedule]
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factors)
+
+
+##############################################################################################################
+#                                 normwatch wiring, training and evaluation                                  #
+##############################################################################################################
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool, batch: int = 1000) -> float:
+    """Test accuracy (a fraction) with BN's running statistics, no test-time augmentation (as dawn.py)."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=y.device)
+    for i in range(0, len(y), batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(x[i:i + batch].contiguous(memory_format=torch.channels_last))
+        correct += (logits.argmax(1) == y[i:i + batch]).sum()
+    model.train()
+    return correct.item() / len(y)  # sync point
+
+
+def run_config(cfg: Config, run: Run, data: DeviceData) -> dict:
+    """The run's hyperparameters: config.json, the `demo/config` text, and what a rerun compares."""
+    lars = run.optimizer == "lars"
+    return dict(
+        part=run.part, run=run.name, arch=run.arch, arch_label=ARCHS[run.arch]["label"],
+        optimizer=run.optimizer, peak_lr=run.peak_lr, weight_decay=run.weight_decay, momentum=run.momentum,
+        nesterov=run.nesterov,
+        lars_lr="sqrt(2*lr(t)*weight_decay*(1-momentum)) on conv weights; lr(t) on the rest" if lars
+        else None,
+        lars_peak_lr=lars_lr(run.peak_lr, run.weight_decay, run.momentum) if lars else None,
+        lr_schedule=f"per step, piecewise linear 0, peak, 0 at epochs 0, {run.epochs * 5 / 24:g}, "
+                    f"{run.epochs}",
+        lr_logged="actual lr of the conv-weight group (param group 0)",
+        epochs=run.epochs, batch_size=cfg.batch_size, steps_per_epoch=len(data.train_y) // cfg.batch_size,
+        seed=run.seed, preset=cfg.preset, width=cfg.width, train_images=len(data.train_y),
+        test_images=len(data.test_y), cutout=cfg.cutout, output_scale=0.125, loss="cross-entropy, batch mean",
+        every=cfg.every, max_steps=cfg.max_steps, device=cfg.device, compile=cfg.compile,
+        amp="bf16 autocast" if cfg.device.startswith("cuda") else "fp32",
+        torch=torch.__version__, normwatch=getattr(normwatch, "__version__", "?"),
+    )
+
+
+MACHINE_KEYS = ("device", "compile", "amp", "torch", "normwatch")  # may differ when a rerun reuses a run
+
+
+def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
+    """One run: a fresh model, optimizer and SummaryWriter, with normwatch attached to that writer."""
+    device = torch.device(cfg.device)
+    amp = device.type == "cuda"
+    steps_per_epoch = len(data.train_y) // cfg.batch_size  # the last partial batch is dropped
+    if steps_per_epoch < 1:
+        raise ValueError(f"Expected at least one batch of {cfg.batch_size} images per epoch, but the "
+                         f"training set has {len(data.train_y)}: lower --batch-size or raise --subset.")
+    conf = run_config(cfg, run, data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(conf, indent=1))
+
+    torch.manual_seed(run.seed)  # the model's initial weights
+    gen = torch.Generator(device=device).manual_seed(run.seed)  # shuffling and augmentation
+    model = build(run.arch, cfg.width).to(device, memory_format=torch.channels_last)  # NHWC: faster convs
+    opt, sched = make_optimizer(model, run, steps_per_epoch, run.epochs)
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("demo/config", json.dumps(conf))
+    forward = torch.compile(model) if cfg.compile else model
+    # All of normwatch: attach to the module the loop calls and to the optimizer, close at the end. It writes
+    # its normwatch/<metric>/<layer> tags into our writer, so each run is one TensorBoard run.
+    watch = normwatch.attach(forward, opt, writer=writer, every=cfg.every)
+
+    print(f"== {run.part} {run.name}: {ARCHS[run.arch]['label']}, {run.optimizer}, peak lr {run.peak_lr:g}, "
+          f"wd {run.weight_decay:g}, momentum {run.momentum:g}{' Nesterov' if run.nesterov else ''}, "
+          f"seed {run.seed}")
+    print(f"{'epoch':>5} {'lr':>9} {'train s':>8} {'loss':>7} {'train acc':>9} {'test acc':>8} "
+          f"{'total s':>8}")
+    step, epoch, train_time, test_acc, t_start = 0, 0, 0.0, float("nan"), time.perf_counter()
+    show_progress = sys.stdout.isatty()
+    try:
+        while epoch < run.epochs and not (cfg.max_steps and step >= cfg.max_steps):
+            epoch += 1
+            t0 = last_shown = time.perf_counter()
+            xs, ys = data.epoch(gen, cfg.cutout)
+            losses = torch.zeros(steps_per_epoch, device=device)  # per-step values stay on the device
+            correct = torch.zeros(steps_per_epoch, device=device)  # until the epoch ends: no sync per step
+            lrs = []
+            for i in range(steps_per_epoch):
+                batch = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+                x, y = xs[batch].contiguous(memory_format=torch.channels_last), ys[batch]
+                lrs.append(opt.param_groups[0]["lr"])  # the lr this step uses
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):  # params, BN's too, stay fp32
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses[i] = loss.detach()
+                correct[i] = (logits.argmax(1) == y).sum()
+                step += 1
+                if show_progress and time.perf_counter() - last_shown > 0.5:  # a progress bar in slow epochs
+                    last_shown, done = time.perf_counter(), (i + 1) * 30 // steps_per_epoch
+                    bar = "=" * done + " " * (30 - done)
+                    print(f"\r{epoch:>5} [{bar}] {i + 1}/{steps_per_epoch}", end="", flush=True)
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+            n = len(lrs)
+            losses, correct = losses[:n].tolist(), correct[:n].tolist()  # sync point, once per epoch
+            train_time += time.perf_counter() - t0
+            for k, t in enumerate(range(step - n, step)):  # t: 0-based step index, as normwatch's x axis
+                writer.add_scalar("train/loss", losses[k], t)
+                writer.add_scalar("train/acc", correct[k] / cfg.batch_size, t)
+                writer.add_scalar("lr", lrs[k], t)
+            test_acc = evaluate(model, data.test_x, data.test_y, amp)  # eager: no recompile for eval mode
+            writer.add_scalar("test/acc", test_acc, step - 1)  # measured after the epoch's last step
+            if show_progress:
+                print("\r" + " " * 50 + "\r", end="")
+            print(f"{epoch:>5} {lrs[-1]:>9.4g} {train_time:>8.2f} {np.mean(losses):>7.4f} "
+                  f"{sum(correct) / (n * cfg.batch_size):>9.4f} {test_acc:>8.4f} "
+                  f"{time.perf_counter() - t_start:>8.2f}")
+        layers = list(watch.layers)
+    finally:
+        watch.close()
+        writer.close()
+    result = dict(test_acc=test_acc, train_time_s=round(train_time, 3),
+                  total_time_s=round(time.perf_counter() - t_start, 3), steps=step, epochs_done=epoch,
+                  normwatch_layers=len(layers))
+    print(f"   final test acc {test_acc:.4f}, train time {train_time:.1f} s; normwatch watched {len(layers)} "
+          f"scale-invariant layers")
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1))  # written last: the run is finished
+    return result
+
+
+##############################################################################################################
+#                                                   Study                                                    #
+##############################################################################################################
+
+
+def plan(cfg: Config) -> list[tuple[Run, Path]]:
+    """Every run of the chosen parts, with its run directory, in order."""
+    lr, wd, rho, out = cfg.peak_lr, cfg.weight_decay, cfg.momentum, Path(cfg.out)
+    lr_sgd, wd_sgd = sgd_equivalent(lr, wd, rho)
+    one = dict(arch="resnet9", seed=cfg.seed, epochs=cfg.epochs)
+    sweep_epochs = cfg.sweep_epochs or cfg.epochs
+    runs = []
+    for part in cfg.parts:
+        if part == "sgdm":
+            runs.append(Run("sgdm", "sgdm", optimizer="sgd", peak_lr=lr, weight_decay=wd, momentum=rho,
+                            nesterov=True, **one))
+        elif part == "sgd":
+            runs.append(Run("sgd", "sgd", optimizer="sgd", peak_lr=lr_sgd, weight_decay=wd_sgd, momentum=0.0,
+                            nesterov=False, **one))
+        elif part == "lars":
+            runs.append(Run("lars", "lars", optimizer="lars", peak_lr=lr, weight_decay=wd, momentum=rho,
+                            nesterov=False, **one))
+        elif part == "sweep":
+            for arch in cfg.archs:
+                for peak in cfg.lrs:
+                    for s in range(cfg.seed, cfg.seed + cfg.seeds):
+                        runs.append(Run("sweep", f"{arch}-lr{peak:g}-s{s}", arch, "sgd", peak, wd, rho,
+                                        nesterov=True, seed=s, epochs=sweep_epochs))
+    return [(r, out / "sweep" / r.name if r.part == "sweep" else out / r.part) for r in runs]
+
+
+def finished(run_dir: Path, expected: dict) -> dict | None:
+    """The result of a finished run with the same experiment config, or None; an unfinished run's
+    directory (left by a crash or Ctrl-C) is removed."""
+    if not (run_dir / "result.json").is_file():
+        if run_dir.exists():
+            print(f"removing the unfinished run in {run_dir}")
+            shutil.rmtree(run_dir)
+        return None
+    old = json.loads((run_dir / "config.json").read_text())
+    diff = [f"{k}: {old.get(k)} there, {v} now" for k, v in expected.items()
+            if k not in MACHINE_KEYS and old.get(k) != v]
+    if diff:
+        raise SystemExit(f"{run_dir} holds a finished run with another config ({'; '.join(diff)}): pass "
+                         f"--out for a new study directory, or delete that run.")
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def explain(cfg: Config) -> None:
+    """Print the derived hyperparameters of the sgd and lars parts, and why."""
+    lr, wd, rho = cfg.peak_lr, cfg.weight_decay, cfg.momentum
+    lr_sgd, wd_sgd = sgd_equivalent(lr, wd, rho)
+    if "sgd" in cfg.parts:
+        print(f"sgd part: no momentum, peak lr {lr_sgd:g} = {lr:g}/(1−{rho:g}), weight decay {wd_sgd:g}. "
+              f"Momentum applies each gradient 1/(1−ρ) times in total, so this matches the sgdm run's "
+              f"gradient step, its weight-decay shrink per step (lr·wd = {lr_sgd * wd_sgd:.3g} = "
+              f"{lr:g}·{wd:g}/(1−{rho:g}) at the peak) and its scale-invariant step (√(2·lr·wd) = "
+              f"{math.sqrt(2 * lr_sgd * wd_sgd):.4f}): λ/(1−ρ) held fixed.")
+    if "lars" in cfg.parts:
+        print(f"lars part: conv weights use normwatch's LARS (trust ratio |w|/|g+αw|, heavy-ball momentum "
+              f"{rho:g}, wd {wd:g}) with lr √(2·λ(t)·α·(1−ρ)), {lars_lr(lr, wd, rho):.5f} at the peak: the "
+              f"value SGD+momentum's λ·|g|/|w| settles to. BN and classifier: momentum SGD on the "
+              f"recipe's λ(t).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, why = parse_args(argv)
+    t_study = time.perf_counter()
+    print(f"preset {cfg.preset} ({why}): width {cfg.width:g}, batch {cfg.batch_size}, {cfg.epochs} epochs "
+          f"({cfg.sweep_epochs or cfg.epochs} per sweep run, {cfg.seeds} seed(s) per sweep point), "
+          f"{cfg.subset or 'all'} training and {cfg.test_subset or 'all'} test images, device {cfg.device}; "
+          f"study directory {cfg.out}")
+    if cfg.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    try:
+        cifar = load_cifar10(cfg.data_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    data = DeviceData(cifar, torch.device(cfg.device), cfg.subset, cfg.test_subset)
+    print(f"CIFAR-10 from {cifar['root']}: {len(data.train_y)} training and {len(data.test_y)} test images")
+    explain(cfg)
+
+    runs, results = plan(cfg), []
+    try:
+        for k, (run, run_dir) in enumerate(runs, 1):
+            res = finished(run_dir, run_config(cfg, run, data))
+            if res is None:
+                print(f"\n[{k}/{len(runs)}] {run_dir}")
+                res = train(cfg, run, data, run_dir)
+            else:
+                print(f"[{k}/{len(runs)}] {run_dir}: finished before, test acc {res['test_acc']:.4f}: "
+                      f"skipped")
+            results.append((run, run_dir, res))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the {len(results)} finished runs stay in {cfg.out}; the same command goes on "
+              f"from there")
+        return 130
+    summarise(cfg, results, time.perf_counter() - t_study)
+    if cfg.report:
+        report(cfg, [run_dir for _, run_dir, _ in results])
+    return 0
+
+
+def summarise(cfg: Config, results: list, wall: float) -> None:
+    print(f"\n== study {cfg.out}: {len(results)} runs in {wall:.0f} s")
+    for run, _, res in results:
+        if run.part != "sweep":
+            print(f"{run.part:>5}: test acc {res['test_acc']:.4f} (train time {res['train_time_s']:.1f} s)")
+    sweep = [(run, res) for run, _, res in results if run.part == "sweep"]
+    if sweep:
+        print(f"sweep: test acc against peak lr, mean of {cfg.seeds} seed(s)")
+        print(f"{'peak lr':>27}" + "".join(f"{lr:>8g}" for lr in cfg.lrs))
+        for arch in cfg.archs:
+            cells = []
+            for lr in cfg.lrs:
+                accs = [res["test_acc"] for run, res in sweep if run.arch == arch and run.peak_lr == lr]
+                cells.append(f"{np.mean(accs):>8.4f}" if accs else f"{'-':>8}")
+            print(f"{ARCHS[arch]['label']:>27}" + "".join(cells))
+
+
+def report(cfg: Config, run_dirs: list[Path]) -> None:
+    if write_report is None:
+        print("report: normwatch.report is not importable, skipped (the runs are ready for TensorBoard)")
+        return
+    try:
+        path = write_report(run_dirs, Path(cfg.out) / "report")
+    except ImportError as e:
+        print(f"report: skipped, it needs a missing package ({e}): pip install 'normwatch[report]'")
+        return
+    print(f"report: {path}")
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, str]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), help="default: full with CUDA, cpu without")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated, of " + ",".join(PARTS))
+    p.add_argument("--data-dir", default=Config.data_dir, help="holds cifar-10-batches-py (default data)")
+    p.add_argument("--out", help="study directory (default runs/<preset>)")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--sweep-epochs", type=int, help="epochs of each sweep run")
+    p.add_argument("--width", type=float, help="channel multiplier (1 = ResNet-9's 64/128/256/512)")
+    p.add_argument("--subset", type=int, help="class-balanced number of training images (0 = all)")
+    p.add_argument("--test-subset", type=int, help="class-balanced number of test images (0 = all)")
+    p.add_argument("--seeds", type=int, help="sweep repeats per point")
+    p.add_argument("--seed", type=int, default=Config.seed)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lrs", help="sweep grid of peak lrs, comma-separated (default 0.1,0.2,0.4,0.8,1.6)")
+    p.add_argument("--archs", help="sweep architectures, comma-separated, of " + ",".join(ARCHS))
+    p.add_argument("--every", type=int, default=Config.every, help="normwatch statistics every N steps")
+    p.add_argument("--max-steps", type=int, default=0, help="stop each run after N optimizer steps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-report", action="store_true", help="do not render normwatch's report")
+    a = p.parse_args(argv)
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {device} was asked for, but torch sees no CUDA device")
+    if a.preset:
+        preset, why = a.preset, "chosen with --preset"
+    elif device.startswith("cuda"):
+        preset, why = "full", f"the default on CUDA: {torch.cuda.get_device_name(device)}"
+    else:
+        preset, why = "cpu", "the default without CUDA: a narrow net on a subset; --preset full overrides"
+    parts = tuple(s for s in a.parts.split(",") if s)
+    archs = tuple(s for s in (a.archs or "").split(",") if s) or Config.archs
+    unknown = [s for s in parts if s not in PARTS] + [s for s in archs if s not in ARCHS]
+    if unknown:
+        p.error(f"unknown part or architecture: {', '.join(unknown)}")
+    cfg = Config(preset=preset, parts=parts, archs=archs, data_dir=a.data_dir,
+                 device=device, compile=a.compile, seed=a.seed,
+                 every=a.every, max_steps=a.max_steps, report=not a.no_report,
+                 **PRESETS[preset])
+    for field in ("epochs", "sweep_epochs", "batch_size", "width", "subset", "test_subset", "seeds"):
+        if getattr(a, field) is not None:
+            setattr(cfg, field, getattr(a, field))
+    if a.lrs:
+        cfg.lrs = tuple(float(s) for s in a.lrs.split(","))
+    cfg.out = a.out or f"runs/{preset}"
+    return cfg, why
+
+
+if __name__ == "__main__":
+    sys.exit(main())
