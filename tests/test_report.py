@@ -168,6 +168,8 @@ def test_sweep_runs_with_result_json_are_read_without_their_events(tmp_path: Pat
     runs = {r.name: r for r in load_runs([root])}
     assert runs["sweep/x-lr0.4-s0"].final_test_acc == 0.93 and not runs["sweep/x-lr0.4-s0"].scalars
     assert runs["sgdm"].has_normwatch
+    described = runs["sweep/x-lr0.4-s0"].describe()
+    assert "result.json" in described and "no normwatch scalars" not in described
 
 
 def test_default_out(tmp_path: Path):

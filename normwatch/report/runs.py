@@ -95,6 +95,7 @@ class Run:
         config: the parsed ``normwatch/config`` JSON, or ``None`` if absent.
         demo: the demo's ``demo/config`` JSON merged over ``config.json`` (``{}`` if neither).
         result: ``result.json`` if present, else ``{}``.
+        summary_only: read from ``config.json``/``result.json`` alone (a sweep run; event files not read).
     """
 
     path: Path
@@ -104,6 +105,7 @@ class Run:
     config: dict[str, Any] | None = None
     demo: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
+    summary_only: bool = False
 
     # ---------------------------------------------------------------- layers and series
     @property
@@ -246,6 +248,8 @@ class Run:
                 )
             if self.config is None:
                 parts.append("no normwatch/config text")
+        elif self.summary_only:
+            parts.append("final accuracy from result.json (event files not read)")
         else:
             parts.append("no normwatch scalars")
         if self.final_test_acc is not None:
@@ -392,5 +396,6 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
             and _as_float(config.get("peak_lr"), None) is not None
             and _as_float(result.get("test_acc"), None) is not None
         )
-        runs.append(Run(path=d, name=name, demo=config, result=result) if light else load_run(d, name))
+        runs.append(Run(path=d, name=name, demo=config, result=result, summary_only=True) if light
+                    else load_run(d, name))
     return runs
