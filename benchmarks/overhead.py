@@ -10,9 +10,12 @@ machine noise hits both alike. Prints the median step time of each, their ratio,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,31 +24,14 @@ from torch import nn
 import normwatch
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
-    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
-
-
-class Residual(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.res1, self.res2 = conv_bn(c, c), conv_bn(c, c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.res2(self.res1(x))
-
-
-class Scale(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 0.125
-
-
 def resnet9(width: int = 64) -> nn.Module:
-    """Myrtle's ResNet-9 (6,573,120 parameters at width 64)."""
-    w = width
-    return nn.Sequential(conv_bn(3, w), conv_bn(w, 2 * w, pool=True), Residual(2 * w),
-                         conv_bn(2 * w, 4 * w, pool=True), conv_bn(4 * w, 8 * w, pool=True), Residual(8 * w),
-                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(8 * w, 10, bias=False), Scale())
+    """The demo's ResNet-9 (Myrtle's; 6,573,120 parameters at width 64), loaded from demo/train_resnet.py."""
+    path = Path(__file__).resolve().parents[1] / "demo" / "train_resnet.py"
+    spec = importlib.util.spec_from_file_location("train_resnet", path)
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo  # its dataclasses look their module up there
+    spec.loader.exec_module(demo)
+    return demo.net(width=width / 64)
 
 
 def main() -> None:

@@ -75,6 +75,7 @@ def _worker(rank: int, port: int, mode: str, out: str) -> None:
         watch.close()
         torch.save({"history": watch.history, "step": watch.step, "layers": watch.layers, "all_reduce": calls},
                    Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears down (rank 0 hosts the store) while another still talks to it
     finally:
         dist.destroy_process_group()
 
