@@ -19,29 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import normwatch
+from tests.models import seeded_batches, small_bn_net
 
 LR, WD, MOMENTUM = 0.05, 5e-3, 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: OpenMP threads only add barriers, which on a busy 2-core machine cost seconds per step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _net(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
-
-
-def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(n)]
+_net, _batches = small_bn_net, seeded_batches
 
 
 def _sgd(params) -> torch.optim.Optimizer:
