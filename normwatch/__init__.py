@@ -4,8 +4,9 @@
 >>> watch.close()
 """
 
+from normwatch import optim
 from normwatch.detect import Layer, detect
 from normwatch.watcher import Watcher, attach
 
 __version__ = "0.1.0"
-__all__ = ["Layer", "Watcher", "__version__", "attach", "detect"]
+__all__ = ["Layer", "Watcher", "__version__", "attach", "detect", "optim"]
