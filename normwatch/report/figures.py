@@ -244,6 +244,9 @@ def figure_superimposed(analysis: Analysis, out_dir: Path) -> FigureResult:
     """Figure 3: figures 1 and 2 on one axis (growth smoothed, dashed)."""
 
     def draw(ax: Axes, run: Run, layer: str, color: Any) -> None:
+        if "growth (dashed, smoothed)" not in ax.get_legend_handles_labels()[1]:  # the line-style key, once
+            ax.plot([], [], color="0.2", linewidth=1.2, label="shrink (solid)")
+            ax.plot([], [], color="0.2", linewidth=1.2, linestyle="--", label="growth (dashed, smoothed)")
         s, _ = _normalised(run, "shrink", layer)
         g, _ = _normalised(run, "growth", layer)
         ts, vs = _thin(s.steps, s.values)
