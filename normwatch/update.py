@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import torch
 
+from normwatch.optim import LARS
+
 Family = Literal["sgd", "adam", "adamw", "lars", "unknown"]
 DEFAULT_EMA_BETA = 0.9  # gradient memory for optimizers without momentum (the seed's ρ = 0.9)
 
@@ -48,8 +50,6 @@ class Hyper:
 
 def family_of(optimizer: torch.optim.Optimizer) -> Family:
     """The update rule normwatch knows ``optimizer`` by; ``"unknown"`` still gets every measured metric."""
-    from normwatch.optim import LARS
-
     if isinstance(optimizer, LARS):
         return "lars"
     groups = optimizer.param_groups
