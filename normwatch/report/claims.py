@@ -147,6 +147,14 @@ def _ratio_detail(value: float, target: float) -> str:
     return f"{(value / target - 1) * 100:+.0f}% vs prediction"
 
 
+def _judged(claim: str, statistic: str, run: str, window: str, prediction: str, measured: str, tolerance: str,
+            ok: bool, detail: str, value: float, expected: float,
+            per_layer: dict[str, float] | None = None) -> Verdict:
+    """A verdict with data: ``ok`` decides between "holds" and "does not hold"."""
+    return Verdict(claim, statistic, run, window, prediction, measured, tolerance,
+                   "holds" if ok else "does not hold", detail, value, expected, per_layer or {})
+
+
 # ---------------------------------------------------------------------------------- claims
 def claim_orthogonal(analysis: Analysis) -> Verdict:
     """w·g ≈ 0 for scale-invariant layers: median over layers of mean |cos(w, g)|."""
@@ -165,20 +173,7 @@ def claim_orthogonal(analysis: Analysis) -> Verdict:
     value, measured = _measured(per_layer, lambda _, v: v <= tol)
     ok = value <= tol
     detail = "" if ok else f"{value / tol:.1f}× the tolerance"
-    return Verdict(
-        claim,
-        stat,
-        run.name,
-        "all logged steps",
-        pred,
-        measured,
-        tol_s,
-        "holds" if ok else "does not hold",
-        detail,
-        value,
-        0.0,
-        per_layer,
-    )
+    return _judged(claim, stat, run.name, "all logged steps", pred, measured, tol_s, ok, detail, value, 0.0, per_layer)
 
 
 def _windowed_per_layer(
@@ -224,20 +219,9 @@ def _ratio_verdict(
     tol = TOLERANCES[tolerance]
     value, measured = _measured(per_layer, lambda _, v: abs(v - 1) <= tol)
     ok = abs(value - 1) <= tol
-    return Verdict(
-        claim,
-        stat,
-        run.name,
-        _windows_text(analysis, run, list(per_layer)),
-        _drift_text(float(np.median(list(drifted.values())))) + prediction_suffix,
-        measured,
-        f"±{tol:.0%}",
-        "holds" if ok else "does not hold",
-        "" if ok else _ratio_detail(value, 1.0),
-        value,
-        1.0,
-        per_layer,
-    )
+    return _judged(claim, stat, run.name, _windows_text(analysis, run, list(per_layer)),
+                   _drift_text(float(np.median(list(drifted.values())))) + prediction_suffix, measured, f"±{tol:.0%}",
+                   ok, "" if ok else _ratio_detail(value, 1.0), value, 1.0, per_layer)
 
 
 def claim_balance(analysis: Analysis) -> Verdict:
@@ -357,20 +341,7 @@ def claim_autocorr(analysis: Analysis) -> Verdict:
     value, measured = _measured(per_layer, lambda _, v: abs(v) <= tol)
     ok = abs(value) <= tol
     detail = "" if ok else f"{abs(value) - tol:.2g} beyond the tolerance"
-    return Verdict(
-        claim,
-        stat,
-        run.name,
-        window,
-        pred,
-        measured,
-        tol_s,
-        "holds" if ok else "does not hold",
-        detail,
-        value,
-        0.0,
-        per_layer,
-    )
+    return _judged(claim, stat, run.name, window, pred, measured, tol_s, ok, detail, value, 0.0, per_layer)
 
 
 def _lars_pair(analysis: Analysis) -> tuple[Run, Run] | str:
@@ -420,19 +391,7 @@ def claim_lars_accuracy(analysis: Analysis) -> Verdict:
     ok = abs(diff) <= tol * scale
     measured = f"{diff:+.3g} ({_fmt(a_lars)} vs {_fmt(a_ref)})"
     detail = "" if ok else f"{abs(diff) / scale * 100:.2g} percentage points apart"
-    return Verdict(
-        claim,
-        stat,
-        runs,
-        "final logged step",
-        pred,
-        measured,
-        "±1 percentage point",
-        "holds" if ok else "does not hold",
-        detail,
-        diff,
-        0.0,
-    )
+    return _judged(claim, stat, runs, "final logged step", pred, measured, "±1 percentage point", ok, detail, diff, 0.0)
 
 
 def claim_lars_dynamics(analysis: Analysis) -> Verdict:
@@ -464,20 +423,8 @@ def claim_lars_dynamics(analysis: Analysis) -> Verdict:
         return _no_data(claim, stat, pred, tol_s, _empty_window_reason(analysis, ref, layers), runs)
     value, measured = _measured(per_layer, lambda _, v: abs(v - 1) <= tol)
     ok = abs(value - 1) <= tol
-    return Verdict(
-        claim,
-        stat,
-        runs,
-        _windows_text(analysis, ref, list(per_layer)) + f" of {ref.name}",
-        pred,
-        measured,
-        tol_s,
-        "holds" if ok else "does not hold",
-        "" if ok else _ratio_detail(value, 1.0),
-        value,
-        1.0,
-        per_layer,
-    )
+    return _judged(claim, stat, runs, _windows_text(analysis, ref, list(per_layer)) + f" of {ref.name}", pred, measured,
+                   tol_s, ok, "" if ok else _ratio_detail(value, 1.0), value, 1.0, per_layer)
 
 
 def sweep_table(runs: list[Run]) -> dict[str, dict[float, list[float]]]:
@@ -524,20 +471,8 @@ def claim_best_lr(analysis: Analysis) -> Verdict:
     ok = value <= tol
     measured = f"{_fmt(value)} (" + ", ".join(f"{a}: {_fmt(lr)}" for a, lr in sorted(best.items())) + ")"
     detail = "" if ok else f"best lrs differ by {_fmt(value)}×"
-    return Verdict(
-        claim,
-        stat,
-        f"{len(sweep)} sweep runs",
-        "final logged step",
-        "1",
-        measured,
-        tol_s,
-        "holds" if ok else "does not hold",
-        detail,
-        value,
-        1.0,
-        best,
-    )
+    return _judged(claim, stat, f"{len(sweep)} sweep runs", "final logged step", "1", measured, tol_s, ok, detail,
+                   value, 1.0, best)
 
 
 def evaluate(analysis: Analysis) -> list[Verdict]:
