@@ -1,5 +1,6 @@
-"""A small BatchNorm conv net and seeded batches, shared by the training-loop and integration tests."""
+"""Shared test helpers: a small BatchNorm conv net, seeded batches, one optimizer step, history comparison."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -16,3 +17,21 @@ def seeded_batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tens
     """``n`` batches of 16 random 8×8 images with labels in 0..4."""
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(n)]
+
+
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+    """backward() and step(), through ``scaler`` when one is given."""
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+def assert_same_history(got: dict, expected: dict, rel: float, abs: float) -> None:
+    """Every tag of ``expected`` is in ``got`` at the same steps, with values equal to the tolerance."""
+    for tag, points in expected.items():
+        assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=rel, abs=abs), tag

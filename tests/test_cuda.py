@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
+from tests.models import optimizer_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,13 +37,7 @@ def _step(model, opt, x, y, scaler=None, dtype=None) -> None:
     with torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None):
         loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        opt.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+    optimizer_step(loss, opt, scaler)
 
 
 @pytest.mark.parametrize("fused", [False, True])

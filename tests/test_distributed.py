@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import normwatch
+from tests.models import assert_same_history
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 STEPS, WORLD = 4, 2
@@ -107,7 +108,4 @@ def test_distributed_runs_record_what_one_process_records(tmp_path, mode) -> Non
     acc = EventAccumulator(str(tmp_path / "rank0"), size_guidance={"scalars": 0})
     acc.Reload()
     assert set(acc.Tags()["scalars"]) == set(expected.history)
-    for tag, points in expected.history.items():
-        got = results[0]["history"][tag]
-        assert [s for s, _ in got] == [s for s, _ in points], tag
-        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-4, abs=1e-7), tag
+    assert_same_history(results[0]["history"], expected.history, rel=1e-4, abs=1e-7)

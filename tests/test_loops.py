@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
-from tests.models import seeded_batches, small_bn_net
+from tests.models import assert_same_history, seeded_batches, small_bn_net
 
 LR, WD = 0.05, 5e-3
 
@@ -155,9 +155,7 @@ def test_zero_grad_set_to_none_false_gives_the_same_metrics(tmp_path) -> None:
             _train(model, opt, batches, set_to_none=set_to_none)
         runs[set_to_none] = watch.history
     assert runs[True].keys() == runs[False].keys()
-    for tag, points in runs[True].items():
-        assert [s for s, _ in runs[False][tag]] == [s for s, _ in points], tag
-        assert [v for _, v in runs[False][tag]] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-12), tag
+    assert_same_history(runs[False], runs[True], rel=1e-6, abs=1e-12)
 
 
 def test_an_all_zero_gradient_step_is_still_recorded(tmp_path) -> None:
@@ -242,9 +240,7 @@ def test_fused_adam_with_and_without_grad_scaler(tmp_path, make_opt) -> None:
     scaled, _ = run("scaled", batches, fused=True, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10), inf_at=2)
     unscaled, _ = run("without-2", batches[:2] + batches[3:], fused=True)
     assert scaled.step == 5
-    for tag, points in unscaled.history.items():
-        assert [s for s, _ in scaled.history[tag]] == [s for s, _ in points], tag
-        assert [v for _, v in scaled.history[tag]] == pytest.approx([v for _, v in points], rel=1e-5, abs=1e-9), tag
+    assert_same_history(scaled.history, unscaled.history, rel=1e-5, abs=1e-9)
 
 
 # -- torch.compile of the optimizer step ----------------------------------------------------------------------------
@@ -275,6 +271,4 @@ def test_compiled_optimizer_step_adds_no_graph_or_recompile_and_gives_eager_metr
     assert stats["unique_graphs"] == plain_stats["unique_graphs"]
     assert stats["calls_captured"] == plain_stats["calls_captured"]
     assert compiled.keys() == eager.keys()
-    for tag, points in eager.items():
-        assert [s for s, _ in compiled[tag]] == [s for s, _ in points], tag
-        assert [v for _, v in compiled[tag]] == pytest.approx([v for _, v in points], rel=1e-5, abs=1e-9), tag
+    assert_same_history(compiled, eager, rel=1e-5, abs=1e-9)

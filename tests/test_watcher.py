@@ -17,6 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import normwatch
+from tests.models import assert_same_history, optimizer_step
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -39,13 +40,7 @@ def _train(model, opt, batches, scaler=None) -> None:
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        optimizer_step(loss, opt, scaler)
 
 
 def _scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -170,9 +165,7 @@ def test_compiled_model_has_no_recompiles_and_the_same_metrics(tmp_path) -> None
             normwatch.attach(compiled, opt, logdir=str(tmp_path / "compiled"), keep_history=True) as w_comp:
         _train(compiled, opt, batches)
     assert [layer.name for layer in w_comp.layers] == ["0", "5"]
-    for tag, points in w_eager.history.items():
-        assert [s for s, _ in w_comp.history[tag]] == [s for s, _ in points], tag
-        assert [v for _, v in w_comp.history[tag]] == pytest.approx([v for _, v in points], rel=1e-5, abs=1e-7), tag
+    assert_same_history(w_comp.history, w_eager.history, rel=1e-5, abs=1e-7)
 
 
 # -- what is written ----------------------------------------------------------------------------------------
@@ -276,9 +269,7 @@ def test_resume_continues_the_same_curves(tmp_path) -> None:
         _train(second, opt2, batches[6:])
     assert watch2.step == 12
     resumed = _scalars(tmp_path / "resumed")
-    for tag, points in w_straight.history.items():
-        assert [s for s, _ in resumed[tag]] == [s for s, _ in points], tag
-        assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in points], rel=1e-5, abs=1e-8), tag
+    assert_same_history(resumed, w_straight.history, rel=1e-5, abs=1e-8)
 
 
 def test_unwritable_logdir_warns_once_trains_and_keeps_the_metrics(tmp_path) -> None:
@@ -483,9 +474,7 @@ def test_forward_inside_step_closure_is_recorded_from_the_first_step(tmp_path) -
                 loss.backward()
                 return loss
             opt.step(closure)
-    for tag, points in expected.history.items():
-        assert [s for s, _ in watch.history[tag]] == [s for s, _ in points], tag
-        assert [v for _, v in watch.history[tag]] == pytest.approx([v for _, v in points], rel=1e-5, abs=1e-8), tag
+    assert_same_history(watch.history, expected.history, rel=1e-5, abs=1e-8)
 
 
 def test_warnings_as_errors_cannot_kill_the_writer_thread(tmp_path, capfd) -> None:
