@@ -5,11 +5,17 @@ the flows it absorbed into :class:`Layer` records, then confirms them numericall
 by a random factor in [0.8, 1.25] and the forward is repeated with the same random state; the outputs
 must not move. The model is left exactly as it was: parameters, buffers (BN running statistics), the
 random number generators and every module's train/eval mode.
+
+``SyncBatchNorm`` normalises each rank's share with statistics gathered over all ranks; during detection
+it normalises with its own share's, as ``BatchNorm`` does. Per channel, both are (x − mean)/std over
+samples, so the same weights are invariant, and detection stays local to each rank: no collective, and
+nothing that one rank's batch could make another rank wait for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from normwatch import _dist
 from normwatch.flow import Granularity, Owned, ScaleTracer, Source, TraceResult, _tensors
@@ -255,6 +262,7 @@ def _preserved(base: nn.Module) -> Iterator[Any]:
     entry, so every forward inside sees the same BatchNorm statistics and the same dropout masks.
     """
     modes = [(m, m.training) for m in base.modules()]
+    synced = [m for m in base.modules() if isinstance(m, nn.SyncBatchNorm) and "forward" not in vars(m)]
     buffers = [(b, b.detach().clone()) for b in base.buffers()]
     devices = sorted({t.device.index or 0 for t in [*base.parameters(), *base.buffers()] if t.is_cuda})
     with torch.random.fork_rng(devices=devices):
@@ -271,9 +279,13 @@ def _preserved(base: nn.Module) -> Iterator[Any]:
         try:
             if not base.training:  # a training model keeps its submodules' modes: a frozen BN stays frozen
                 base.train()
+            for m in synced:  # local statistics, as the module docstring explains
+                m.forward = functools.partial(_BatchNorm.forward, m)
             with torch.no_grad(), _no_autocast():
                 yield replay
         finally:
+            for m in synced:
+                del m.forward
             with torch.no_grad():
                 replay()
             for m, training in modes:

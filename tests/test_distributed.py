@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import normwatch
-from tests.models import assert_same_history
+from tests.models import assert_same_history, small_bn_net
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 STEPS, WORLD = 4, 2
@@ -109,3 +109,22 @@ def test_distributed_runs_record_what_one_process_records(tmp_path, mode) -> Non
     acc.Reload()
     assert set(acc.Tags()["scalars"]) == set(expected.history)
     assert_same_history(results[0]["history"], expected.history, rel=1e-4, abs=1e-7)
+
+
+def test_sync_batchnorm_is_detected_locally(tmp_path) -> None:
+    """With a process group up, SyncBatchNorm's own forward would gather statistics from every rank (and on CPU
+    refuses to run); detection normalises each rank's batch locally and finds the convs it normalises."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(small_bn_net())
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
+            model(x)  # the synchronising path is live
+        before = [t.clone() for t in model.state_dict().values()]
+        layers = normwatch.detect(model, x)
+    finally:
+        dist.destroy_process_group()
+    assert [(layer.name, layer.norm, layer.params, layer.confirmed) for layer in layers] == [
+        ("0", "1", ("0.weight",), True), ("4", "5", ("4.weight",), True)]
+    assert not any("forward" in vars(m) for m in model.modules())  # the local forward is gone again
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
