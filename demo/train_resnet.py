@@ -7,6 +7,7 @@ normwatch wiring, training and evaluation → Study → main.
     python demo/train_resnet.py --parts sgdm,lars        # some parts, of sgdm, sgd, lars, sweep
     python demo/train_resnet.py --preset full --compile  # on a GPU
     python demo/train_resnet.py --parts sweep --seeds 3  # the post averaged three runs per point
+    torchrun --nproc_per_node=4 demo/train_resnet.py     # DDP: each GPU a quarter of every batch of 512
     tensorboard --logdir runs/
 
 Each run is a TensorBoard run directory, runs/<study>/<part>/ or runs/<study>/sweep/<arch>-lr<peak>-s<seed>/,
@@ -27,9 +28,11 @@ Not measured yet: the full and quick presets and the whole CUDA path (bf16 autoc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
+import os
 import pickle
 import shutil
 import sys
@@ -42,8 +45,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 import normwatch
@@ -91,6 +96,10 @@ class Config:
     max_steps: int = 0  # stop each run after N optimizer steps (smoke tests); 0 = no limit
     out: str = ""  # study directory; default runs/<preset>
     report: bool = True  # render normwatch's report into <out>/report when normwatch.report is importable
+    # torchrun: set by setup_distributed
+    rank: int = 0  # this process's global rank; rank 0 alone prints and writes
+    world: int = 1  # processes; each trains on batch_size/world images of every global batch
+    sync_bn: bool = True  # with several CUDA processes, SyncBatchNorm: BN sees the global batch, as on one GPU
 
 
 # The cpu preset keeps the study's structure (all four parts, the whole sweep grid) and shrinks it to fit
@@ -430,15 +439,24 @@ def make_optimizer(model: nn.Module, run: Run, steps_per_epoch: int, epochs: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool, batch: int = 1000) -> float:
-    """Test accuracy (a fraction) with BN's running statistics, no test-time augmentation (as dawn.py)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool, cfg: Config,
+             batch: int = 1000) -> float:
+    """Test accuracy (a fraction) with BN's running statistics, no test-time augmentation (as dawn.py).
+    Under torchrun each rank scores its 1/world of the test set with rank 0's running statistics."""
+    if cfg.world > 1:
+        for buffer in model.buffers():  # per-rank BN (no SyncBatchNorm) leaves each rank its own statistics
+            dist.broadcast(buffer, 0)
+    share = slice(cfg.rank * len(y) // cfg.world, (cfg.rank + 1) * len(y) // cfg.world)
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
-    for i in range(0, len(y), batch):
+    for i in range(share.start, share.stop, batch):
+        end = min(i + batch, share.stop)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = model(x[i:i + batch].contiguous(memory_format=torch.channels_last))
-        correct += (logits.argmax(1) == y[i:i + batch]).sum()
+            logits = model(x[i:end].contiguous(memory_format=torch.channels_last))
+        correct += (logits.argmax(1) == y[i:end]).sum()
     model.train()
+    if cfg.world > 1:
+        dist.all_reduce(correct)
     return correct.item() / len(y)  # sync point
 
 
@@ -459,33 +477,44 @@ def run_config(cfg: Config, run: Run, data: DeviceData) -> dict:
         seed=run.seed, preset=cfg.preset, width=cfg.width, train_images=len(data.train_y),
         test_images=len(data.test_y), cutout=cfg.cutout, output_scale=0.125, loss="cross-entropy, batch mean",
         every=cfg.every, max_steps=cfg.max_steps, device=cfg.device, compile=cfg.compile,
-        amp="bf16 autocast" if cfg.device.startswith("cuda") else "fp32",
+        amp="bf16 autocast" if cfg.device.startswith("cuda") else "fp32", ranks=cfg.world,
+        bn_statistics="each rank's share of the batch" if cfg.world > 1 and not global_bn(cfg) else "the batch",
         torch=torch.__version__, normwatch=getattr(normwatch, "__version__", "?"),
     )
 
 
-MACHINE_KEYS = ("device", "compile", "amp", "torch", "normwatch")  # may differ when a rerun reuses a run
+MACHINE_KEYS = ("device", "compile", "amp", "ranks", "torch", "normwatch")  # may differ when a rerun reuses a run
 
 
 def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
-    """One run: a fresh model, optimizer and SummaryWriter, with normwatch attached to that writer."""
+    """One run: a fresh model, optimizer and SummaryWriter, with normwatch attached to that writer.
+    Under torchrun: every rank draws the same shuffled, augmented epoch and trains DDP on its slice of each
+    global batch; rank 0 alone writes."""
     device = torch.device(cfg.device)
     amp = device.type == "cuda"
     steps_per_epoch = len(data.train_y) // cfg.batch_size  # the last partial batch is dropped
     if steps_per_epoch < 1:
         raise ValueError(f"Expected at least one batch of {cfg.batch_size} images per epoch, but the "
                          f"training set has {len(data.train_y)}: lower --batch-size or raise --subset.")
+    share = cfg.batch_size // cfg.world  # this rank's images of each global batch
     conf = run_config(cfg, run, data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(conf, indent=1))
+    writer = None
+    if cfg.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(conf, indent=1))
+        writer = SummaryWriter(str(run_dir))
+        writer.add_text("demo/config", json.dumps(conf))
 
     torch.manual_seed(run.seed)  # the model's initial weights
-    gen = torch.Generator(device=device).manual_seed(run.seed)  # shuffling and augmentation
+    gen = torch.Generator(device=device).manual_seed(run.seed)  # shuffling and augmentation, alike on all ranks
     model = build(run.arch, cfg.width).to(device, memory_format=torch.channels_last)  # NHWC: faster convs
+    forward = model
+    if cfg.world > 1:
+        if global_bn(cfg):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        forward = DistributedDataParallel(model, device_ids=[device.index] if amp else None)
     opt, sched = make_optimizer(model, run, steps_per_epoch, run.epochs)
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("demo/config", json.dumps(conf))
-    forward = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(forward) if cfg.compile else forward
     # All of normwatch: attach to the module the loop calls and to the optimizer, close at the end. It writes
     # its normwatch/<metric>/<layer> tags into our writer, so each run is one TensorBoard run.
     watch = normwatch.attach(forward, opt, writer=writer, every=cfg.every)
@@ -506,7 +535,8 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
             correct = torch.zeros(steps_per_epoch, device=device)  # until the epoch ends: no sync per step
             lrs = []
             for i in range(steps_per_epoch):
-                batch = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+                first = i * cfg.batch_size + cfg.rank * share
+                batch = slice(first, first + share)
                 x, y = xs[batch].contiguous(memory_format=torch.channels_last), ys[batch]
                 lrs.append(opt.param_groups[0]["lr"])  # the lr this step uses
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):  # params, BN's too, stay fp32
@@ -516,7 +546,7 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses[i] = loss.detach()
+                losses[i] = loss.detach() / cfg.world  # this rank's part of the global batch mean
                 correct[i] = (logits.argmax(1) == y).sum()
                 step += 1
                 if show_progress and time.perf_counter() - last_shown > 0.5:  # a progress bar in slow epochs
@@ -526,14 +556,18 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
             n = len(lrs)
+            if cfg.world > 1:  # sums over the ranks' shares: the global batch's
+                dist.all_reduce(losses)
+                dist.all_reduce(correct)
             losses, correct = losses[:n].tolist(), correct[:n].tolist()  # sync point, once per epoch
             train_time += time.perf_counter() - t0
-            for k, t in enumerate(range(step - n, step)):  # t: 0-based step index, as normwatch's x axis
-                writer.add_scalar("train/loss", losses[k], t)
-                writer.add_scalar("train/acc", correct[k] / cfg.batch_size, t)
-                writer.add_scalar("lr", lrs[k], t)
-            test_acc = evaluate(model, data.test_x, data.test_y, amp)  # eager: no recompile for eval mode
-            writer.add_scalar("test/acc", test_acc, step - 1)  # measured after the epoch's last step
+            test_acc = evaluate(model, data.test_x, data.test_y, amp, cfg)  # eager: no recompile for eval mode
+            if writer:
+                for k, t in enumerate(range(step - n, step)):  # t: 0-based step index, as normwatch's x axis
+                    writer.add_scalar("train/loss", losses[k], t)
+                    writer.add_scalar("train/acc", correct[k] / cfg.batch_size, t)
+                    writer.add_scalar("lr", lrs[k], t)
+                writer.add_scalar("test/acc", test_acc, step - 1)  # measured after the epoch's last step
             if show_progress:
                 print("\r" + " " * 50 + "\r", end="")
             print(f"{epoch:>5} {lrs[-1]:>9.4g} {train_time:>8.2f} {np.mean(losses):>7.4f} "
@@ -542,14 +576,54 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
         layers = list(watch.layers)
     finally:
         watch.close()
-        writer.close()
+        if writer:
+            writer.close()
     result = dict(test_acc=test_acc, train_time_s=round(train_time, 3),
                   total_time_s=round(time.perf_counter() - t_start, 3), steps=step, epochs_done=epoch,
                   normwatch_layers=len(layers))
     print(f"   final test acc {test_acc:.4f}, train time {train_time:.1f} s; normwatch watched {len(layers)} "
           f"scale-invariant layers")
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1))  # written last: the run is finished
+    if cfg.rank == 0:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1))  # written last: the run is finished
     return result
+
+
+##############################################################################################################
+#                                      Several processes, under torchrun                                     #
+##############################################################################################################
+
+
+def setup_distributed(cfg: Config) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL with one GPU per process (LOCAL_RANK) or
+    gloo on CPU, and set cfg.rank, cfg.world and cfg.device. The global batch stays cfg.batch_size."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return
+    if cfg.batch_size % world:
+        raise SystemExit(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes: pick "
+                         f"a multiple of {world}.")
+    if cfg.device.startswith("cuda"):
+        cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(cfg.device)
+    dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+    cfg.rank, cfg.world = dist.get_rank(), world
+    if not global_bn(cfg) and cfg.rank == 0:
+        print(f"BatchNorm: each of the {world} processes normalises over its own {cfg.batch_size // world} "
+              f"images ({'SyncBatchNorm needs CUDA' if cfg.sync_bn else '--no-sync-bn'}), so results differ "
+              f"slightly from one process on the same global batches")
+
+
+def global_bn(cfg: Config) -> bool:
+    """Whether BatchNorm normalises over the global batch: in one process, or SyncBatchNorm across CUDA ones."""
+    return cfg.world == 1 or (cfg.sync_bn and cfg.device.startswith("cuda"))
+
+
+def from_rank0(cfg: Config, work, *args):
+    """work(*args) run by rank 0 alone (it downloads, deletes, decides), its value handed to every rank."""
+    box = [work(*args) if cfg.rank == 0 else None]
+    if cfg.world > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 ##############################################################################################################
@@ -619,15 +693,27 @@ def explain(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, why = parse_args(argv)
+    setup_distributed(cfg)
+    try:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet if cfg.rank else sys.stdout):
+            return study(cfg, why)  # rank 0 alone prints; warnings and errors still show
+    finally:
+        if cfg.world > 1:
+            dist.destroy_process_group()
+
+
+def study(cfg: Config, why: str) -> int:
     t_study = time.perf_counter()
+    ranks = f" × {cfg.world} processes ({cfg.batch_size // cfg.world} images each)" if cfg.world > 1 else ""
     print(f"preset {cfg.preset} ({why}): width {cfg.width:g}, batch {cfg.batch_size}, {cfg.epochs} epochs "
           f"({cfg.sweep_epochs or cfg.epochs} per sweep run, {cfg.seeds} seed(s) per sweep point), "
-          f"{cfg.subset or 'all'} training and {cfg.test_subset or 'all'} test images, device {cfg.device}; "
-          f"study directory {cfg.out}")
+          f"{cfg.subset or 'all'} training and {cfg.test_subset or 'all'} test images, device "
+          f"{cfg.device}{ranks}; study directory {cfg.out}")
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     try:
-        cifar = load_cifar10(cfg.data_dir)
+        root = from_rank0(cfg, find_cifar10, cfg.data_dir)  # rank 0 alone downloads
+        cifar = load_cifar10(root)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -638,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     runs, results = plan(cfg), []
     try:
         for k, (run, run_dir) in enumerate(runs, 1):
-            res = finished(run_dir, run_config(cfg, run, data))
+            res = from_rank0(cfg, finished, run_dir, run_config(cfg, run, data))
             if res is None:
                 print(f"\n[{k}/{len(runs)}] {run_dir}")
                 res = train(cfg, run, data, run_dir)
@@ -651,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
               f"from there")
         return 130
     summarise(cfg, results, time.perf_counter() - t_study)
-    if cfg.report:
+    if cfg.report and cfg.rank == 0:
         report(cfg, [run_dir for _, run_dir, _ in results])
     return 0
 
@@ -705,6 +791,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, str]:
     p.add_argument("--every", type=int, default=Config.every, help="normwatch statistics every N steps")
     p.add_argument("--max-steps", type=int, default=0, help="stop each run after N optimizer steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="under torchrun on CUDA: each process's BatchNorm normalises over its own images")
     p.add_argument("--no-report", action="store_true", help="do not render normwatch's report")
     a = p.parse_args(argv)
 
@@ -724,7 +812,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, str]:
         p.error(f"unknown part or architecture: {', '.join(unknown)}")
     cfg = Config(preset=preset, parts=parts, archs=archs, data_dir=a.data_dir,
                  device=device, compile=a.compile, seed=a.seed,
-                 every=a.every, max_steps=a.max_steps, report=not a.no_report,
+                 every=a.every, max_steps=a.max_steps, report=not a.no_report, sync_bn=not a.no_sync_bn,
                  **PRESETS[preset])
     for field in ("epochs", "sweep_epochs", "batch_size", "width", "subset", "test_subset", "seeds"):
         if getattr(a, field) is not None:

@@ -7,7 +7,9 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import pickle
+import subprocess
 import sys
 import tarfile
 import urllib.error
@@ -17,6 +19,9 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import normwatch
+from tests.models import assert_same_history
 
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "train_resnet.py"
 
@@ -491,3 +496,59 @@ def test_without_cuda_the_cpu_preset_is_the_default(capsys):
     with pytest.raises(SystemExit):
         demo.parse_args(["--device", "cuda"])
     assert "no CUDA device" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torchrun: two CPU processes (gloo). SyncBatchNorm needs CUDA, so here each process's BatchNorm normalises
+# over its half of every global batch; the single-process reference below does exactly that by hand.
+# ---------------------------------------------------------------------------------------------------------
+TORCHRUN = ["--preset", "cpu", "--device", "cpu", "--max-steps", "3", "--epochs", "2", "--width", "0.0625",
+            "--subset", "120", "--test-subset", "0", "--batch-size", "20", "--parts", "sgdm", "--no-report"]
+
+
+def _reference_history(fake_data: Path, steps: int) -> tuple[dict, list[float]]:
+    """normwatch's history and the losses of one process that forwards each half of every global batch
+    separately (as two ranks with their own BatchNorm do) and steps on the mean of the two halves' losses."""
+    cfg, _ = demo.parse_args([*TORCHRUN, "--data-dir", str(fake_data)])
+    run, _ = demo.plan(cfg)[0]
+    data = demo.DeviceData(demo.load_cifar10(fake_data), torch.device("cpu"), cfg.subset, cfg.test_subset)
+    steps_per_epoch = len(data.train_y) // cfg.batch_size
+    torch.manual_seed(run.seed)
+    gen = torch.Generator().manual_seed(run.seed)
+    model = demo.build(run.arch, cfg.width).to(memory_format=torch.channels_last)
+    opt, sched = demo.make_optimizer(model, run, steps_per_epoch, run.epochs)
+    xs, ys = data.epoch(gen, cfg.cutout)
+    losses = []
+    with normwatch.attach(model, opt, logdir=str(fake_data / "reference"), keep_history=True) as watch:
+        for i in range(steps):
+            x, y = xs[i * cfg.batch_size:(i + 1) * cfg.batch_size], ys[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            halves = [torch.nn.functional.cross_entropy(model(xh.contiguous(memory_format=torch.channels_last)), yh)
+                      for xh, yh in zip(x.chunk(2), y.chunk(2))]
+            loss = (halves[0] + halves[1]) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    return watch.history, losses
+
+
+def test_torchrun_two_processes_train_on_halves_of_the_same_global_batches(fake_data, tmp_path):
+    out = tmp_path / "study"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(DEMO.parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(DEMO), *TORCHRUN, "--data-dir", str(fake_data), "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("== sgdm") == 1  # rank 0 alone prints
+    assert "× 2 processes (10 images each)" in proc.stdout and "SyncBatchNorm needs CUDA" in proc.stdout
+    assert len(list(out.rglob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
+    result, config = (json.loads((out / "sgdm" / f).read_text()) for f in ("result.json", "config.json"))
+    assert result["steps"] == 3 and (config["ranks"], config["batch_size"]) == (2, 20)
+    assert config["bn_statistics"] == "each rank's share of the batch"
+
+    expected, losses = _reference_history(fake_data, steps=3)
+    acc = _events(out / "sgdm")
+    got = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert [v for _, v in got["train/loss"]] == pytest.approx(losses, rel=1e-5)
+    assert_same_history(got, expected, rel=1e-4, abs=1e-6)
