@@ -1,10 +1,9 @@
-"""Per-step statistics: dot products per tensor on the device, every metric derived from them on the host.
+"""Per-step statistics: a few dot products per tensor on the device, every metric derived from them on the host.
 
 On the device, each tracked tensor contributes the sums in :data:`SUMS` (w = w_t, the weight before the
 step; u = w_{t+1} − w_t; g the gradient the step used; v the gradient memory before the step; u_wd the
-weight-decay part of u, u_g = u − u_wd; t the LARS trust ratio, 1 elsewhere), all entries of the Gram
-matrix of those vectors (:class:`Workspace`). Nothing is read back per step. On the host (the writer
-thread), layers are sums of their tensors and, in float64:
+weight-decay part of u, u_g = u − u_wd; t the LARS trust ratio, 1 elsewhere). Nothing is read back
+per step. On the host (the writer thread), layers are sums of their tensors and, in float64:
 
 - ``w_norm2`` = |w|², ``w_norm2_rel`` = |w|²/|w_0|², ``cos_wg`` = w·g/(|w||g|)
 - ``shrink`` = −(2w·u_wd + |u_wd|²), ``growth`` = 2w·u_g + |u_g|², ``cross`` = 2u_wd·u_g; exactly
@@ -17,7 +16,6 @@ thread), layers are sums of their tensors and, in float64:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,73 +27,49 @@ MEASURED = ("w_norm2", "w_norm2_rel", "cos_wg", "radial", "tangential", "angle",
 SPLIT = ("shrink", "growth", "cross")
 
 
-ROWS = ("w", "g", "v", "u", "u_wd", "u_g")  # a tensor's vectors in one step; every dot sum is a pair of them
-_PAIRS = {"ww": ("w", "w"), "wg": ("w", "g"), "gg": ("g", "g"), "wu": ("w", "u"), "uu": ("u", "u"),
-          "gv": ("g", "v"), "vv": ("v", "v"), "w_uwd": ("w", "u_wd"), "uwd2": ("u_wd", "u_wd"),
-          "w_ug": ("w", "u_g"), "ug2": ("u_g", "u_g"), "u_uwd": ("u", "u_wd")}
+def _dense_same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    dense = a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last) or (
+        a.dim() == 5 and a.is_contiguous(memory_format=torch.channels_last_3d))
+    return dense and a.stride() == b.stride() and a.shape == b.shape
 
 
-class Workspace:
-    """One param group's vectors of one step, and the sums over them in a few batched kernels.
-
-    Each tensor gets a (R, n) block whose rows are :data:`ROWS` (R = 6, or 4 without the weight-decay
-    split), each row also viewed in the tensor's own shape and memory layout, so foreach ops fill one row
-    of every tensor per launch. One matrix product per tensor, block·blockᵀ, then gives all R² dot
-    products: the Gram matrix from which :meth:`sums` picks :data:`SUMS`.
-    """
-
-    def __init__(self, likes: list[torch.Tensor], split: bool) -> None:
-        self.split = split
-        count = len(ROWS) if split else 4
-        self.blocks = [torch.empty(count, t.numel(), dtype=torch.promote_types(t.dtype, torch.float32),
-                                   device=t.device) for t in likes]
-        self.rows = {name: [block[k].as_strided(t.shape, t.stride()) for block, t in zip(self.blocks, likes)]
-                     for k, name in enumerate(ROWS[:count])}
-
-    def sums(self, trusts: list[torch.Tensor] | None) -> torch.Tensor:
-        """(tensors, len(SUMS)) float32: every row of :data:`SUMS` (``tgg`` = |t·g|², t the trust ratio)."""
-        device, count = self.blocks[0].device, self.blocks[0].shape[0]
-        exact = _ieee_float32_matmul(device)
-        grams = torch.stack([block @ block.T if exact or block.dtype == torch.float64
-                             else (block64 := block.double()) @ block64.T for block in self.blocks])
-        constants, index = _assembly(device, count)
-        flat = torch.cat([grams.flatten(1).float(), constants.expand(len(self.blocks), 2)], dim=1)
-        rows = flat.index_select(1, index)
-        if trusts is not None:
-            rows[:, INDEX["tgg"]] *= torch.stack([t.float() for t in trusts]).to(device) ** 2
-        return rows
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """The elements of a dense tensor in memory order (a view: no copy)."""
+    flat = t.as_strided((t.numel(),), (1,), t.storage_offset())
+    return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
 
 
-@functools.cache
-def _assembly(device: torch.device, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([1, NaN], column index of each SUMS entry in [gram.flatten(), 1, NaN]) for blocks of ``count`` rows."""
-    position = {name: k for k, name in enumerate(ROWS[:count])}
-    one, nan = count * count, count * count + 1
-
-    def column(name: str) -> int:
-        if name == "present":
-            return one
-        a, b = _PAIRS["gg" if name == "tgg" else name]
-        return position[a] * count + position[b] if a in position and b in position else nan
-
-    index = torch.tensor([column(name) for name in SUMS], device=device)
-    return torch.tensor([1.0, float("nan")], device=device), index
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a·b as a 0-dim float tensor, without materialising a·b when both share a dense layout."""
+    if _dense_same_layout(a, b):
+        return torch.dot(_flat(a), _flat(b).to(_flat(a).dtype))
+    return (a.float() * b.float()).sum()
 
 
-def _ieee_float32_matmul(device: torch.device) -> bool:
-    """Whether float32 matrix products on ``device`` run in IEEE float32, not TF32 or bf16 (then a Gram
-    matrix of float32 rows is as exact as dot products; otherwise normwatch multiplies in float64)."""
-    try:
-        backend = {"cuda": torch.backends.cuda.matmul, "cpu": torch.backends.mkldnn.matmul}[device.type]
-        precision = backend.fp32_precision  # torch ≥ 2.9
-    except (KeyError, AttributeError):
-        try:
-            return device.type in ("cuda", "cpu") and torch.get_float32_matmul_precision() == "highest"
-        except RuntimeError:
-            return False
-    if precision == "none":  # inherits the global setting
-        precision = getattr(torch.backends, "fp32_precision", "ieee")
-    return precision in ("ieee", "none")
+def memory_sums(g: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g·v, |v|²) with v the gradient memory before this step."""
+    return dot(g, v), dot(v, v)
+
+
+def update_sums(w_prev: torch.Tensor, u: torch.Tensor, g: torch.Tensor, u_wd: torch.Tensor | None,
+                trust: torch.Tensor | None, gv: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:
+    """The row of :data:`SUMS` for one tensor in one step (u = w_{t+1} − w_t), as one device tensor."""
+    gg = dot(g, g)
+    if u_wd is None:
+        split = [torch.full((), float("nan"), device=u.device)] * 5
+    else:
+        # w·u_g and |u_g|² directly (exactly 0 for a zero gradient); u_wd·u_g = u·u_wd − |u_wd|² is O(|u|²)
+        u_g = u - u_wd
+        split = [dot(w_prev, u_wd), dot(u_wd, u_wd), dot(w_prev, u_g), dot(u_g, u_g), dot(u, u_wd)]
+    tgg = gg if trust is None else gg * trust.float() ** 2
+    one = torch.ones((), device=u.device)
+    row = [one, dot(w_prev, w_prev), dot(w_prev, g), gg, dot(w_prev, u), dot(u, u), gv, vv, *split, tgg]
+    return torch.stack([x.float() for x in row])
+
+
+def absent_row(device: torch.device) -> torch.Tensor:
+    """The row of a tensor the step did not touch (no gradient): ``present`` = 0."""
+    return torch.zeros(len(SUMS), device=device)
 
 
 def layer_sums(rows: np.ndarray, slot_layer: Sequence[int], n_layers: int) -> np.ndarray:

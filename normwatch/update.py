@@ -85,56 +85,40 @@ def mirrors_momentum(family: Family, hp: Hyper) -> bool:
     return family in ("sgd", "lars") and hp.momentum > 0
 
 
-def advance_memory(family: Family, hp: Hyper, vs: list[torch.Tensor], gs: list[torch.Tensor],
-                   trusts: list[torch.Tensor] | None, first: list[bool]) -> None:
-    """Advance the gradient memories of one param group in place, a few foreach launches for all tensors:
-    ``v ← μv + (1−τ)·t·g`` (``v = t·g`` on the first step) when ``v`` mirrors a momentum buffer, else the
-    moving average ``v ← βv + (1−β)g`` (Adam's ``m`` on gradients alone).
+def advance_memory(family: Family, hp: Hyper, v: torch.Tensor, g: torch.Tensor, trust: torch.Tensor | None,
+                   first: bool) -> None:
+    """Advance the gradient memory in place: ``v ← μv + (1−τ)·t·g`` (``v = t·g`` on the first step) when it
+    mirrors a momentum buffer, else the moving average ``v ← βv + (1−β)g`` (Adam's ``m`` on gradients alone).
     """
-    if not vs:
-        return
     if mirrors_momentum(family, hp):
-        steps = gs if trusts is None else [g * t for g, t in zip(gs, trusts)]
-        fresh = [i for i, f in enumerate(first) if f]
-        going = [i for i, f in enumerate(first) if not f]
-        if fresh:
-            torch._foreach_copy_([vs[i] for i in fresh], [steps[i] for i in fresh])
-        if going:
-            torch._foreach_mul_([vs[i] for i in going], hp.momentum)
-            torch._foreach_add_([vs[i] for i in going], [steps[i] for i in going], alpha=1.0 - hp.dampening)
+        step = g if trust is None else g * trust
+        if first:
+            v.copy_(step)
+        else:
+            v.mul_(hp.momentum).add_(step, alpha=1.0 - hp.dampening)
     else:
-        torch._foreach_lerp_(vs, [g.to(v.dtype) for g, v in zip(gs, vs)], 1.0 - hp.ema_beta)
+        v.lerp_(g.to(v.dtype), 1.0 - hp.ema_beta)
 
 
-def decay_part(family: Family, hp: Hyper, states: list[dict[str, Any]], ws: list[torch.Tensor],
-               us: list[torch.Tensor], vs: list[torch.Tensor], trusts: list[torch.Tensor] | None,
-               out: list[torch.Tensor]) -> None:
-    """Write the weight-decay part u_wd of each measured update ``u`` into ``out`` (not for ``"unknown"``).
+def decay_part(family: Family, hp: Hyper, state: dict[str, Any], w_prev: torch.Tensor, u: torch.Tensor,
+               v: torch.Tensor, trust: torch.Tensor | None) -> torch.Tensor | None:
+    """The weight-decay part u_wd of the measured update ``u`` (None when the family is unknown).
 
-    ``ws`` are w_t, ``vs`` the gradient memories *after* this step's :func:`advance_memory`, ``states``
-    the optimizer's state per tensor after the step.
+    ``v`` is the gradient memory *after* this step's :func:`advance_memory`; ``state`` the optimizer's
+    state for this tensor after the step.
     """
     lr, wd = hp.lr, hp.weight_decay
-    if family == "adamw" or (family in ("sgd", "lars") and hp.momentum == 0):
-        torch._foreach_copy_(out, ws)  # u_wd = −ηλw (LARS: −ηλ·t·w)
-        if family == "lars" and trusts is not None:
-            torch._foreach_mul_(out, trusts)
-        torch._foreach_mul_(out, _factor(-lr * wd, out[0]))
-    elif family in ("sgd", "lars"):  # the decay the momentum buffer carries: b − v
-        torch._foreach_copy_(out, [state["momentum_buffer"] for state in states])
-        torch._foreach_sub_(out, vs)
-        if hp.nesterov:  # d = g + λw + μb: its decay part is λw + μ(b − v)
-            torch._foreach_mul_(out, hp.momentum)
-            torch._foreach_add_(out, ws, alpha=wd)
-        torch._foreach_mul_(out, _factor(-lr, out[0]))
-    elif family == "adam":  # u = −η·m̂/(√v̂+ε) and m is linear in (g + λw): u_wd = u ⊙ (m − v)/m
-        for state, u, v, o in zip(states, us, vs, out):
-            m = state["exp_avg"]
-            torch.mul(u, torch.where(m != 0, (m - v) / m, torch.zeros_like(m)), out=o)
-    else:
-        raise ValueError(f"Expected a family with a weight-decay split, but got {family!r}.")
-
-
-def _factor(x: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
-    """A scalar for foreach ops: a float, or a tensor on ``like``'s device (a CPU tensor lr is read: no sync)."""
-    return float(x) if isinstance(x, torch.Tensor) and x.device != like.device else x
+    if family == "adamw" or (family == "sgd" and hp.momentum == 0):
+        return w_prev * (-lr * wd)
+    if family == "lars" and hp.momentum == 0:
+        return w_prev * (trust * (-lr * wd)) if trust is not None else w_prev * (-lr * wd)
+    if family in ("sgd", "lars"):
+        decay_buffer = state["momentum_buffer"] - v  # the decay the momentum buffer carries
+        if hp.nesterov:
+            return (w_prev * wd).add_(decay_buffer, alpha=hp.momentum).mul_(-lr)
+        return decay_buffer.mul_(-lr)
+    if family == "adam":
+        m = state["exp_avg"]
+        ratio = torch.where(m != 0, (m - v) / m, torch.zeros_like(m))
+        return u * ratio
+    return None

@@ -9,8 +9,7 @@ device. Every ``flush_every`` recorded steps (and at ``close``), the ring is cop
 transfer (non-blocking on CUDA) and handed to the writer thread. No host-device sync in the hooks.
 
 Extra device memory: one snapshot and one gradient memory per instrumented tensor (2× their size),
-plus the ring buffer (``flush_every`` × tensors × 14 floats); while a recorded step's sums are computed,
-a workspace of 6 float32 rows per tensor, taken in chunks of at most ``WORKSPACE_ELEMENTS`` per row.
+plus the ring buffer (``flush_every`` × tensors × 14 floats).
 """
 
 from __future__ import annotations
@@ -137,7 +136,6 @@ class Watcher:
         self._armed = False  # this step will be processed by the post-hook
         self._first: list[bool] = []
         self._layer_group: list[int] = []
-        self._group_slots: dict[int, list[int]] = {}  # param group → indices of its slots
         self._pending_state: dict[str, Any] | None = None
         self._ring = self._ring_skipped = torch.empty(0)
         self._n = 0
@@ -320,8 +318,6 @@ class Watcher:
             kept.append(layer)
         self._layers = kept
         self._layer_group = [next(s.group for s in self._slots if s.layer == i) for i in range(len(kept))]
-        for index, slot in enumerate(self._slots):
-            self._group_slots.setdefault(slot.group, []).append(index)
         if not kept:
             warnings.warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
                           "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
@@ -400,71 +396,48 @@ class Watcher:
         if not armed:
             return
         found_inf = getattr(optimizer, "found_inf", None)
-        hypers = {i: update.hyper(self._family, optimizer.param_groups[i], self._ema_beta) for i in self._group_slots}
-        rows: list[torch.Tensor | None] = [None] * len(self._slots)
+        family = self._family
+        hypers = {i: update.hyper(family, optimizer.param_groups[i], self._ema_beta)
+                  for i in {s.group for s in self._slots}}
+        rows = []
         with torch.no_grad():
-            for group, members in self._group_slots.items():
-                live = [i for i in members if self._slots[i].param.grad is not None]
-                for chunk in _chunks(live, [self._slots[i].memory.numel() for i in live]):
-                    for i, row in zip(chunk, self._group_step(optimizer, hypers[group], chunk, found_inf)):
-                        rows[i] = row
+            for slot, first in zip(self._slots, self._first):
+                g = slot.param.grad
+                if g is not None and self._sharded:
+                    g = _dist.local(g)
+                if g is None:
+                    if self._recording:
+                        rows.append(stats.absent_row(self._ring.device))
+                    continue
+                hp = hypers[slot.group]
+                state = optimizer.state.get(slot.param, {})
+                if self._sharded:
+                    state = {k: _dist.local(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                trust = state.get("trust_ratio") if family == "lars" else None
+                v = slot.memory
+                if self._recording:
+                    gv, vv = stats.memory_sums(g, v)
+                before = v.clone() if found_inf is not None else None
+                update.advance_memory(family, hp, v, g, trust, first)
+                if self._recording:
+                    w_prev = slot.snapshot
+                    u = _dist.local(slot.param.detach()) - w_prev
+                    u_wd = update.decay_part(family, hp, state, w_prev, u, v, trust)
+                    rows.append(stats.update_sums(w_prev, u, g, u_wd, trust, gv, vv).to(self._ring.device))
+                if before is not None:
+                    v.copy_(torch.where(found_inf.reshape([1] * v.dim()) > 0, before, v))
             if not self._recording:
                 return
-            target = self._ring[self._n]
-            if any(row is None for row in rows):
-                absent = torch.zeros(len(stats.SUMS), device=target.device)  # no gradient: `present` = 0
-                rows = [absent if row is None else row for row in rows]
+            rows = torch.stack(rows)
             if self._sharded:
-                stacked = torch.stack([row.to(target.device) for row in rows])
-                _dist.sum_over_ranks(stacked)  # every per-tensor sum is a sum over elements: shards add up
-                target.copy_(stacked)
-            else:
-                torch.stack([row.to(target.device) for row in rows], out=target)
+                _dist.sum_over_ranks(rows)  # every per-tensor sum is a sum over elements: shards add up
+            self._ring[self._n].copy_(rows)
             if found_inf is not None:
                 self._ring_skipped[self._n].copy_(found_inf.reshape(()))
         self._meta.append((call, self._step_now, tuple(hypers[group] for group in self._layer_group), time.time()))
         self._n += 1
         if self._n == self._flush_every:
             self._flush()
-
-    def _group_step(self, optimizer: torch.optim.Optimizer, hp: update.Hyper, live: list[int],
-                    found_inf: torch.Tensor | None) -> list[torch.Tensor]:
-        """Advance the gradient memories of one param group's slots that have a gradient; on recorded
-        steps return their rows of sums. A handful of foreach launches for the whole group, then one
-        matrix product per tensor (see :class:`~normwatch.stats.Workspace`)."""
-        slots, family, local = [self._slots[i] for i in live], self._family, _dist.local
-        gs = [local(s.param.grad) for s in slots]
-        vs = [s.memory for s in slots]
-        states = [{k: local(v) if isinstance(v, torch.Tensor) else v
-                   for k, v in optimizer.state.get(s.param, {}).items()} for s in slots]
-        trusts = [state.get("trust_ratio") for state in states] if family == "lars" else None
-        if trusts is not None and any(t is None for t in trusts):  # a `lars: False` group
-            trusts = None
-        first = [self._first[i] for i in live]
-        work = stats.Workspace(vs, split=family != "unknown") if self._recording else None
-        if work is not None:
-            torch._foreach_copy_(work.rows["w"], [s.snapshot for s in slots])
-            torch._foreach_copy_(work.rows["g"], gs)
-            torch._foreach_copy_(work.rows["v"], vs)
-            before = work.rows["v"]
-        else:
-            before = [v.clone() for v in vs] if found_inf is not None else []
-        update.advance_memory(family, hp, vs, gs, trusts, first)
-        rows: list[torch.Tensor] = []
-        if work is not None:
-            u, w = work.rows["u"], work.rows["w"]
-            torch._foreach_copy_(u, [local(s.param.detach()) for s in slots])
-            torch._foreach_sub_(u, w)
-            if work.split:  # otherwise (an unknown optimizer) the split's sums are NaN
-                update.decay_part(family, hp, states, w, u, vs, trusts, work.rows["u_wd"])
-                torch._foreach_copy_(work.rows["u_g"], u)
-                torch._foreach_sub_(work.rows["u_g"], work.rows["u_wd"])
-            rows = list(work.sums(trusts).unbind(0))
-        if found_inf is not None:  # a skipped step leaves the memory as it was
-            skipped = found_inf.reshape(()) > 0
-            for v, old in zip(vs, before):
-                v.copy_(torch.where(skipped, old.to(v.dtype), v))
-        return rows
 
     # -- handing over to the writer thread ---------------------------------------------------------------
     def _flush(self) -> None:
@@ -489,22 +462,6 @@ class Watcher:
 
     def _to_points(self, batch: Batch) -> list[Any]:
         return self._recorder.points(batch)
-
-
-WORKSPACE_ELEMENTS = 2**24  # per row: a recorded step's workspace is 6 such rows, 384 MiB in float32, at most
-
-
-def _chunks(indices: list[int], sizes: list[int]) -> list[list[int]]:
-    """``indices`` in order, cut so that each chunk's sizes sum to ≤ WORKSPACE_ELEMENTS (or hold one index)."""
-    chunks: list[list[int]] = []
-    total = WORKSPACE_ELEMENTS
-    for index, size in zip(indices, sizes):
-        if total + size > WORKSPACE_ELEMENTS:
-            chunks.append([])
-            total = 0
-        chunks[-1].append(index)
-        total += size
-    return chunks
 
 
 def _close_at_exit(ref: weakref.ref[Watcher]) -> None:
