@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--block", type=int, help="steps per timed turn (default: 10 on CUDA, 1 on CPU)")
+    parser.add_argument("--fused", action="store_true", help="attach(fused=True): compiled statistics")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -59,7 +60,7 @@ def main() -> None:
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
             for m in (plain, watched)]
     logdir = tempfile.mkdtemp(prefix="normwatch-bench-")
-    watch = normwatch.attach(watched, opts[1], logdir=logdir, every=args.every)
+    watch = normwatch.attach(watched, opts[1], logdir=logdir, every=args.every, fused=args.fused)
 
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
@@ -96,7 +97,8 @@ def main() -> None:
     instrumented = sum(dict(watched.named_parameters())[n].numel() * 4 for layer in watch.layers for n in layer.params)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; ResNet-9 width {args.width}, batch {args.batch}, "
-          f"every={args.every}, {args.steps} interleaved turns of {block} step(s) per arm")
+          f"every={args.every}{', fused' if args.fused else ''}, {args.steps} interleaved turns of {block} step(s) "
+          f"per arm")
     print(f"median step: plain {base * 1e3:.2f} ms, with normwatch {with_nw * 1e3:.2f} ms")
     print(f"ratio: {with_nw / base:.4f}")
     print(f"layers: {len(watch.layers)}; instrumented parameters {instrumented / 2**20:.2f} MiB of "

@@ -95,6 +95,7 @@ class Config:
     device: str = "cuda"
     compile: bool = False  # torch.compile the model (the optimizer step and normwatch's hooks stay eager)
     every: int = 1  # normwatch computes its statistics every N optimizer steps
+    fused_stats: bool = False  # normwatch computes them with torch.compile (fewer kernels; compiles at step 1)
     max_steps: int = 0  # stop each run after N optimizer steps (smoke tests); 0 = no limit
     out: str = ""  # study directory; default runs/<preset>
     report: bool = True  # render normwatch's report into <out>/report when normwatch.report is importable
@@ -478,14 +479,15 @@ def run_config(cfg: Config, run: Run, data: DeviceData) -> dict:
         epochs=run.epochs, batch_size=cfg.batch_size, steps_per_epoch=len(data.train_y) // cfg.batch_size,
         seed=run.seed, preset=cfg.preset, width=cfg.width, train_images=len(data.train_y),
         test_images=len(data.test_y), cutout=cfg.cutout, output_scale=0.125, loss="cross-entropy, batch mean",
-        every=cfg.every, max_steps=cfg.max_steps, device=cfg.device, compile=cfg.compile,
+        every=cfg.every, max_steps=cfg.max_steps, device=cfg.device, compile=cfg.compile, fused_stats=cfg.fused_stats,
         amp="bf16 autocast" if cfg.device.startswith("cuda") else "fp32", ranks=cfg.world,
         bn_statistics="each rank's share of the batch" if cfg.world > 1 and not global_bn(cfg) else "the batch",
         torch=torch.__version__, normwatch=getattr(normwatch, "__version__", "?"),
     )
 
 
-MACHINE_KEYS = ("device", "compile", "amp", "ranks", "torch", "normwatch")  # may differ when a rerun reuses a run
+# may differ when a rerun reuses a finished run
+MACHINE_KEYS = ("device", "compile", "fused_stats", "amp", "ranks", "torch", "normwatch")
 
 
 def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
@@ -519,7 +521,7 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
     forward = torch.compile(forward) if cfg.compile else forward
     # All of normwatch: attach to the module the loop calls and to the optimizer, close at the end. It writes
     # its normwatch/<metric>/<layer> tags into our writer, so each run is one TensorBoard run.
-    watch = normwatch.attach(forward, opt, writer=writer, every=cfg.every)
+    watch = normwatch.attach(forward, opt, writer=writer, every=cfg.every, fused=cfg.fused_stats)
 
     print(f"== {run.part} {run.name}: {ARCHS[run.arch]['label']}, {run.optimizer}, peak lr {run.peak_lr:g}, "
           f"wd {run.weight_decay:g}, momentum {run.momentum:g}{' Nesterov' if run.nesterov else ''}, "
@@ -793,6 +795,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, str]:
     p.add_argument("--every", type=int, default=Config.every, help="normwatch statistics every N steps")
     p.add_argument("--max-steps", type=int, default=0, help="stop each run after N optimizer steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fused-stats", action="store_true", help="normwatch's statistics through torch.compile")
     p.add_argument("--no-sync-bn", action="store_true",
                    help="under torchrun on CUDA: each process's BatchNorm normalises over its own images")
     p.add_argument("--no-report", action="store_true", help="do not render normwatch's report")
@@ -815,6 +818,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, str]:
     cfg = Config(preset=preset, parts=parts, archs=archs, data_dir=a.data_dir,
                  device=device, compile=a.compile, seed=a.seed,
                  every=a.every, max_steps=a.max_steps, report=not a.no_report, sync_bn=not a.no_sync_bn,
+                 fused_stats=a.fused_stats,
                  **PRESETS[preset])
     for field in ("epochs", "sweep_epochs", "batch_size", "width", "subset", "test_subset", "seeds"):
         if getattr(a, field) is not None:

@@ -27,22 +27,29 @@ MEASURED = ("w_norm2", "w_norm2_rel", "cos_wg", "radial", "tangential", "angle",
 SPLIT = ("shrink", "growth", "cross")
 
 
-def _dense_same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+def dense_same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` is dense (contiguous or channels-last) and laid out in memory exactly as ``b``."""
     dense = a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last) or (
         a.dim() == 5 and a.is_contiguous(memory_format=torch.channels_last_3d))
     return dense and a.stride() == b.stride() and a.shape == b.shape
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """The elements of a dense tensor in memory order (a view: no copy)."""
-    flat = t.as_strided((t.numel(),), (1,), t.storage_offset())
-    return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+def memory_order(t: torch.Tensor) -> torch.Tensor:
+    """The elements of a dense tensor in memory order, as a 1-D view (no copy)."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a·b as a 0-dim float tensor, without materialising a·b when both share a dense layout."""
-    if _dense_same_layout(a, b):
-        return torch.dot(_flat(a), _flat(b).to(_flat(a).dtype))
+    if torch.compiler.is_compiling():  # the fused path: the compiler fuses the product into the sum
+        return (_float(a) * b.to(_float(a).dtype)).sum()
+    if dense_same_layout(a, b):
+        flat_a = _float(memory_order(a))
+        return torch.dot(flat_a, memory_order(b).to(flat_a.dtype))
     return (a.float() * b.float()).sum()
 
 

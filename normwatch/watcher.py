@@ -30,6 +30,7 @@ from torch import nn
 
 from normwatch import _dist, stats, tensorboard, update
 from normwatch.detect import Layer, scan, unwrap
+from normwatch.kernels import fused_tensor_step, tensor_step
 from normwatch.records import Batch, Recorder
 
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Watcher] = weakref.WeakKeyDictionary()
@@ -62,7 +63,7 @@ def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None = None,
            writer: Any = None, every: int = 1, layers: Sequence[str] | None = None, flush_every: int = 64,
            ema_beta: float = update.DEFAULT_EMA_BETA, keep_history: bool = False, confirm: bool = True,
-           step_fn: Callable[[], int] | None = None) -> Watcher:
+           step_fn: Callable[[], int] | None = None, fused: bool = False) -> Watcher:
     """Watch the scale-invariant layers of ``model`` as ``optimizer`` trains them; log to TensorBoard.
 
     Args:
@@ -82,6 +83,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
         step_fn: the x-axis value of each recorded step, read as the step starts (a trainer's own
             counter, e.g. ``lambda: trainer.global_step``, which also counts steps AMP skipped). By
             default normwatch counts the optimizer steps that happened.
+        fused: compute each tensor's statistics with ``torch.compile`` (a few fused kernels per tensor
+            instead of about twenty small ones: for GPUs, where each launch costs). The first recorded step
+            compiles; a compiler failure warns once and falls back to the eager path.
 
     Returns:
         The :class:`Watcher`; ``close()`` it (or use it as a context manager) to flush and unhook.
@@ -92,7 +96,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
     """
     return Watcher(model, optimizer, logdir=logdir, writer=writer, every=every, layers=layers,
                    flush_every=flush_every, ema_beta=ema_beta, keep_history=keep_history, confirm=confirm,
-                   step_fn=step_fn)
+                   step_fn=step_fn, fused=fused)
 
 
 class Watcher:
@@ -100,7 +104,8 @@ class Watcher:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None, writer: Any,
                  every: int, layers: Sequence[str] | None, flush_every: int, ema_beta: float,
-                 keep_history: bool, confirm: bool, step_fn: Callable[[], int] | None = None) -> None:
+                 keep_history: bool, confirm: bool, step_fn: Callable[[], int] | None = None,
+                 fused: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
         optimizer = _unwrap_optimizer(optimizer)
@@ -118,6 +123,7 @@ class Watcher:
             raise RuntimeError("normwatch is already attached to this optimizer; close() that Watcher first.")
         self.every = every
         self._step_fn = step_fn
+        self._tensor_step = fused_tensor_step if fused else tensor_step
         self._step_now: int | None = None  # step_fn's value for the step under way
         self._model = model
         self._optimizer = optimizer
@@ -415,15 +421,11 @@ class Watcher:
                     state = {k: _dist.local(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
                 trust = state.get("trust_ratio") if family == "lars" else None
                 v = slot.memory
-                if self._recording:
-                    gv, vv = stats.memory_sums(g, v)
                 before = v.clone() if found_inf is not None else None
-                update.advance_memory(family, hp, v, g, trust, first)
-                if self._recording:
-                    w_prev = slot.snapshot
-                    u = _dist.local(slot.param.detach()) - w_prev
-                    u_wd = update.decay_part(family, hp, state, w_prev, u, v, trust)
-                    rows.append(stats.update_sums(w_prev, u, g, u_wd, trust, gv, vv).to(self._ring.device))
+                row = self._tensor_step(family, hp, slot.snapshot, _dist.local(slot.param.detach()), g, v, state,
+                                        trust, first, self._recording)
+                if row is not None:
+                    rows.append(row.to(self._ring.device))
                 if before is not None:
                     v.copy_(torch.where(found_inf.reshape([1] * v.dim()) > 0, before, v))
             if not self._recording:

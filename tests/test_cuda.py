@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
-from tests.models import optimizer_step
+from tests.models import assert_same_history, optimizer_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -40,17 +40,18 @@ def _step(model, opt, x, y, scaler=None, dtype=None) -> None:
     optimizer_step(loss, opt, scaler)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_hooks_never_synchronise(tmp_path, fused) -> None:
+@pytest.mark.parametrize(("fused", "fused_stats"), [(False, False), (True, False), (False, True)])
+def test_hooks_never_synchronise(tmp_path, fused, fused_stats) -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
     batches = _batches(6)
-    with normwatch.attach(model, opt, logdir=str(tmp_path), flush_every=4) as watch:
+    with normwatch.attach(model, opt, logdir=str(tmp_path), flush_every=4, fused=fused_stats) as watch:
         _step(model, opt, *batches[0])  # detection (its numeric confirmation reads values back once)
+        _step(model, opt, *batches[1])  # fused statistics: the first steps compile
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            for x, y in batches[1:]:
+            for x, y in batches[2:]:
                 model.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
@@ -95,3 +96,21 @@ def test_compiled_model_and_bitwise_identity_on_cuda(tmp_path) -> None:
             _step(compiled, opt, x, y, dtype=torch.bfloat16)
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_fused_statistics_equal_eager_ones_on_cuda(tmp_path) -> None:
+    """attach(fused=True) on CUDA (Triton kernels): the same metrics as the eager path, no fallback."""
+    import warnings
+
+    histories = {}
+    for fused in (False, True):
+        model = _model().to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="normwatch: torch.compile")
+            with normwatch.attach(model, opt, logdir=str(tmp_path / str(fused)), fused=fused,
+                                  keep_history=True) as watch:
+                for x, y in _batches(5):
+                    _step(model, opt, x.to(memory_format=torch.channels_last), y, dtype=torch.bfloat16)
+        histories[fused] = watch.history
+    assert_same_history(histories[True], histories[False], rel=1e-4, abs=1e-6)

@@ -6,6 +6,7 @@ metric from the raw vectors w_t, g_t, w_{t+1} captured around ``optimizer.step()
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
+from normwatch import kernels
 from normwatch.optim import LARS
 
 STEPS = 12
@@ -35,11 +37,11 @@ def _model() -> nn.Module:
 LAYERS = {"0": ["0.weight"], "4": ["4.weight", "4.bias"]}
 
 
-def _train(make_opt, every: int = 1):
+def _train(make_opt, every: int = 1, fused: bool = False):
     """Train with normwatch attached; capture (w_t, g_t, w_{t+1}) per tracked tensor per step."""
     model = _model()
     opt = make_opt(model)
-    watch = normwatch.attach(model, opt, writer=None, logdir=None, keep_history=True, every=every)
+    watch = normwatch.attach(model, opt, writer=None, logdir=None, keep_history=True, every=every, fused=fused)
     params = dict(model.named_parameters())
     captured = []
     gen = torch.Generator().manual_seed(1)
@@ -173,7 +175,23 @@ FAMILY = {"sgd": "sgd", "sgd-heavy-ball": "sgd", "sgd-nesterov": "sgd", "sgd-dam
 @pytest.mark.parametrize(("name", "make_opt", "hp"), [pytest.param(*o, id=o[0]) for o in OPTIMIZERS])
 def test_metrics_match_float64_reference(name, make_opt, hp) -> None:
     """Every metric, every step, every layer equals the hand-computed reference."""
-    watch, captured = _train(make_opt)
+    assert_matches_reference(name, hp, *_train(make_opt))
+
+
+FUSED = ("sgd-dampening", "adam-l2", "lars")  # the families' code paths; each compiles in a few seconds
+
+
+@pytest.mark.parametrize(("name", "make_opt", "hp"), [pytest.param(*o, id=o[0]) for o in OPTIMIZERS if o[0] in FUSED])
+def test_fused_metrics_match_float64_reference(name, make_opt, hp) -> None:
+    """attach(fused=True): the same statistics through torch.compile (no fallback to the eager path)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="normwatch: torch.compile")  # a fallback fails the step
+        result = _train(make_opt, fused=True)
+    assert any(config[0] == FAMILY[name] for config in kernels._configs)  # compiled for this optimizer
+    assert_matches_reference(name, hp, *result)
+
+
+def assert_matches_reference(name, hp, watch, captured) -> None:
     family = FAMILY[name]
     lr = hp["lr"]
     reference = _reference_metrics(captured, _refs(family, **hp), lr, lars=family == "lars")

@@ -17,6 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import normwatch
+from normwatch import kernels
 from tests.models import assert_same_history, optimizer_step
 
 
@@ -57,12 +58,13 @@ def _hooks(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, ...]:
 
 
 # -- the observer does not disturb -------------------------------------------------------------------------
-@pytest.mark.parametrize("make_opt", [
-    pytest.param(_sgd, id="sgd-nesterov"),
-    pytest.param(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.05), id="adamw"),
-    pytest.param(lambda m: normwatch.optim.LARS(m.parameters(), lr=0.02, weight_decay=5e-3), id="lars"),
+@pytest.mark.parametrize(("make_opt", "fused"), [
+    pytest.param(_sgd, False, id="sgd-nesterov"),
+    pytest.param(_sgd, True, id="sgd-nesterov-fused"),
+    pytest.param(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.05), False, id="adamw"),
+    pytest.param(lambda m: normwatch.optim.LARS(m.parameters(), lr=0.02, weight_decay=5e-3), False, id="lars"),
 ])
-def test_training_is_bitwise_identical_with_and_without_normwatch(tmp_path, make_opt) -> None:
+def test_training_is_bitwise_identical_with_and_without_normwatch(tmp_path, make_opt, fused) -> None:
     batches = _batches(8)
     plain = _model()
     torch.manual_seed(5)
@@ -70,11 +72,32 @@ def test_training_is_bitwise_identical_with_and_without_normwatch(tmp_path, make
     watched = _model()
     opt = make_opt(watched)
     torch.manual_seed(5)
-    with normwatch.attach(watched, opt, logdir=str(tmp_path)) as watch:
+    with normwatch.attach(watched, opt, logdir=str(tmp_path), fused=fused, keep_history=True) as watch:
         _train(watched, opt, batches)
-    assert len(watch.layers) == 2
+    assert len(watch.layers) == 2 and len(watch.history["normwatch/w_norm2/0"]) == len(batches)
     for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_fused_falls_back_to_eager_with_one_warning_when_compiling_fails(tmp_path, monkeypatch) -> None:
+    def no_compiler(config):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(kernels, "_compiled", no_compiler)
+    monkeypatch.setattr(kernels, "_compile_failed", False)  # restored afterwards: later fused tests compile
+    batches = _batches(4)
+    runs = {}
+    for fused in (False, True):
+        model = _model()
+        opt = _sgd(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with normwatch.attach(model, opt, logdir=str(tmp_path / str(fused)), fused=fused,
+                                  keep_history=True) as runs[fused]:
+                _train(model, opt, batches)
+        failed = [w for w in caught if "torch.compile of the per-step statistics failed" in str(w.message)]
+        assert len(failed) == fused  # one warning, and only when fused
+    assert runs[True].history == runs[False].history  # the same eager computation, every step recorded
 
 
 def test_close_removes_every_hook_and_is_idempotent(tmp_path) -> None:

@@ -1,0 +1,71 @@
+"""One instrumented tensor's work in one optimizer step: advance its gradient memory v and, on recorded
+steps, return its row of :data:`~normwatch.stats.SUMS` for the update w_t → w_{t+1}.
+
+:func:`tensor_step` runs eagerly: about twenty small kernels per tensor (twelve dot products and the
+elementwise ops of the update split). :func:`fused_tensor_step` is the same function through
+``torch.compile``, which fuses those ops into a few kernels per tensor (``attach(fused=True)``; the first
+recorded step compiles it, and the compiled code is shared by every Watcher in the process).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import warnings
+from typing import Any
+
+import torch
+
+from normwatch import stats, update
+
+
+def tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Tensor, w_next: torch.Tensor,
+                g: torch.Tensor, v: torch.Tensor, state: dict[str, Any], trust: torch.Tensor | None,
+                first: bool, recording: bool) -> torch.Tensor | None:
+    """Advance ``v`` in place (:func:`~normwatch.update.advance_memory`); when ``recording``, return the
+    row of sums of u = w_next − w_prev with g, v and the split u = u_wd + u_g."""
+    if recording:
+        gv, vv = stats.memory_sums(g, v)
+    update.advance_memory(family, hp, v, g, trust, first)
+    if not recording:
+        return None
+    u = w_next - w_prev
+    u_wd = update.decay_part(family, hp, state, w_prev, u, v, trust)
+    return stats.update_sums(w_prev, u, g, u_wd, trust, gv, vv)
+
+
+@functools.cache
+def _compiled(config: tuple[Any, ...]) -> Any:
+    """:func:`tensor_step` compiled for one configuration of the Python values it branches on. Each gets
+    its own copy of the code object, hence its own compile cache: no configuration recompiles another's
+    graph, and none counts against another's recompile limit."""
+    code = tensor_step.__code__.replace()
+    function = types.FunctionType(code, tensor_step.__globals__, f"{tensor_step.__name__}_{len(_configs)}")
+    _configs.append(config)
+    return torch.compile(function, dynamic=True, fullgraph=True)  # fullgraph: all of it runs compiled, or none
+
+
+_configs: list[tuple[Any, ...]] = []
+
+
+def fused_tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Tensor, w_next: torch.Tensor,
+                      g: torch.Tensor, v: torch.Tensor, state: dict[str, Any], trust: torch.Tensor | None,
+                      first: bool, recording: bool) -> torch.Tensor | None:
+    """:func:`tensor_step`, compiled (on recorded steps). Falls back to :func:`tensor_step`, with one
+    warning, if compiling fails."""
+    global _compile_failed
+    if not recording or _compile_failed:
+        return tensor_step(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
+    config = (family, hp.family, hp.momentum > 0, hp.dampening > 0, hp.nesterov, first, trust is None,
+              tuple(sorted(state)), v.dim(), v.dtype, g.dtype, v.device.type,
+              all(stats.dense_same_layout(t, v) for t in (w_prev, w_next, g)))
+    try:
+        return _compiled(config)(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
+    except Exception as error:  # a compiler failure must not stop training
+        _compile_failed = True
+        warnings.warn(f"normwatch: torch.compile of the per-step statistics failed ({type(error).__name__}: "
+                      f"{error}); they run eagerly from now on.", RuntimeWarning, stacklevel=2)
+        return tensor_step(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
+
+
+_compile_failed = False
