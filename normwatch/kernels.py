@@ -51,20 +51,22 @@ _configs: list[tuple[Any, ...]] = []
 def fused_tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Tensor, w_next: torch.Tensor,
                       g: torch.Tensor, v: torch.Tensor, state: dict[str, Any], trust: torch.Tensor | None,
                       first: bool, recording: bool) -> torch.Tensor | None:
-    """:func:`tensor_step`, compiled (on recorded steps). Falls back to :func:`tensor_step`, with one
-    warning, if compiling fails."""
+    """:func:`tensor_step`, compiled, on recorded steps (a momentum buffer's first step, and the steps not
+    recorded, run eagerly: a graph compiled for one use costs more than it saves). Falls back to
+    :func:`tensor_step`, with one warning, if compiling fails."""
     global _compile_failed
-    if not recording or _compile_failed:
+    if not recording or _compile_failed or (first and update.mirrors_momentum(family, hp)):
         return tensor_step(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
-    config = (family, hp.family, hp.momentum > 0, hp.dampening > 0, hp.nesterov, first, trust is None,
-              tuple(sorted(state)), v.dim(), v.dtype, g.dtype, v.device.type,
+    config = (family, hp.family, hp.momentum > 0, hp.dampening > 0, hp.nesterov, isinstance(hp.lr, torch.Tensor),
+              trust is None, tuple(sorted(state)), v.dim(), v.dtype, g.dtype, v.device.type,
               all(stats.dense_same_layout(t, v) for t in (w_prev, w_next, g)))
     try:
         return _compiled(config)(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
     except Exception as error:  # a compiler failure must not stop training
         _compile_failed = True
+        reason = (str(error).strip().splitlines() or [""])[0]
         warnings.warn(f"normwatch: torch.compile of the per-step statistics failed ({type(error).__name__}: "
-                      f"{error}); they run eagerly from now on.", RuntimeWarning, stacklevel=2)
+                      f"{reason}); they run eagerly from now on.", RuntimeWarning, stacklevel=2)
         return tensor_step(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
 
 
