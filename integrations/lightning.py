@@ -59,7 +59,7 @@ class _Normwatch:
             logdir: write here instead of into the trainer's TensorBoard logger.
             optimizer_index: which of ``trainer.optimizers`` to watch; needed when there are several.
             **options: passed to :func:`normwatch.attach`: ``every``, ``layers``, ``flush_every``,
-                ``ema_beta``, ``keep_history``, ``confirm``.
+                ``ema_beta``, ``keep_history``, ``confirm``, ``fused``.
 
         Raises:
             TypeError: on a keyword argument that :func:`normwatch.attach` does not take.
