@@ -67,10 +67,14 @@ def main() -> None:
     if cuda:
         x = x.to(memory_format=torch.channels_last)
 
-    def turn(model: nn.Module, opt: torch.optim.Optimizer) -> float:
+    peaks: dict[str, int] = {"plain": 0, "normwatch": 0}  # CUDA: most memory a turn allocated above its start
+
+    def turn(name: str, model: nn.Module, opt: torch.optim.Optimizer) -> float:
         """Seconds per step over one block of steps."""
         if cuda:
             torch.cuda.synchronize()  # the benchmark's own syncs, for timing; normwatch's hooks make none
+            torch.cuda.reset_peak_memory_stats(device)
+            held = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
         for _ in range(block):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
@@ -80,13 +84,14 @@ def main() -> None:
             opt.step()
         if cuda:
             torch.cuda.synchronize()
+            peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) - held)
         return (time.perf_counter() - start) / block
 
     times: dict[str, list[float]] = {"plain": [], "normwatch": []}
     for i in range(args.warmup + args.steps):
         order = [("plain", plain, opts[0]), ("normwatch", watched, opts[1])]
         for name, model, opt in order if i % 2 == 0 else reversed(order):
-            elapsed = turn(model, opt)
+            elapsed = turn(name, model, opt)
             if i >= args.warmup:
                 times[name].append(elapsed)
     watch_bytes = watch.extra_memory_bytes  # read before close() frees the buffers
@@ -104,6 +109,9 @@ def main() -> None:
     print(f"layers: {len(watch.layers)}; instrumented parameters {instrumented / 2**20:.2f} MiB of "
           f"{params / 2**20:.2f} MiB; extra memory (snapshots + gradient memory + ring) "
           f"{watch_bytes / 2**20:.2f} MiB")
+    if cuda:
+        print(f"peak memory a turn allocates above what it starts with: plain {peaks['plain'] / 2**20:.1f} MiB, "
+              f"with normwatch {peaks['normwatch'] / 2**20:.1f} MiB (its transients: the difference)")
 
 
 if __name__ == "__main__":
