@@ -516,7 +516,7 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
     if cfg.world > 1:
         if global_bn(cfg):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        forward = DistributedDataParallel(model, device_ids=[device.index] if amp else None)
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt, sched = make_optimizer(model, run, steps_per_epoch, run.epochs)
     forward = torch.compile(forward) if cfg.compile else forward
     # All of normwatch: attach to the module the loop calls and to the optimizer, close at the end. It writes
