@@ -6,6 +6,7 @@ recorded metrics must match to float tolerance. Exactly one process (global rank
 """
 
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, rank: int = 0, world: i
 
 
 def _worker(rank: int, port: int, mode: str, out: str) -> None:
+    warnings.filterwarnings("error", message="normwatch: torch.compile")  # fused: no fallback to the eager path
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = _model()
@@ -61,7 +63,8 @@ def _worker(rank: int, port: int, mode: str, out: str) -> None:
             fully_shard(model[4])
             wrapped = fully_shard(model)
         opt = _optimizer(wrapped)
-        watch = normwatch.attach(wrapped, opt, logdir=str(Path(out) / f"rank{rank}"), keep_history=True)
+        watch = normwatch.attach(wrapped, opt, logdir=str(Path(out) / f"rank{rank}"), keep_history=True,
+                                 fused=mode.endswith("fused"))
         all_reduce, calls = dist.all_reduce, []
 
         def counted(*args, **kwargs):  # DDP's reducer and FSDP2 do not come through here; normwatch does
@@ -87,7 +90,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2", "fsdp2-fused"])
 def test_distributed_runs_record_what_one_process_records(tmp_path, mode) -> None:
     single = _model()
     opt = _optimizer(single)
