@@ -3,8 +3,9 @@ steps, return its row of :data:`~normwatch.stats.SUMS` for the update w_t → w_
 
 :func:`tensor_step` runs eagerly: about twenty small kernels per tensor (twelve dot products and the
 elementwise ops of the update split). :func:`fused_tensor_step` is the same function through
-``torch.compile``, which fuses those ops into a few kernels per tensor (``attach(fused=True)``; the first
-recorded step compiles it, and the compiled code is shared by every Watcher in the process).
+``torch.compile``, which fuses those ops into a few kernels per tensor: one C++ loop on CPU
+(``attach(fused=True)``; the first recorded steps compile it, and the compiled code is shared by every
+Watcher in the process).
 """
 
 from __future__ import annotations
