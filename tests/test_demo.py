@@ -533,12 +533,15 @@ def _reference_history(fake_data: Path, steps: int) -> tuple[dict, list[float]]:
     return watch.history, losses
 
 
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(DEMO.parents[1])}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(DEMO), *TORCHRUN, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_torchrun_two_processes_train_on_halves_of_the_same_global_batches(fake_data, tmp_path):
     out = tmp_path / "study"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(DEMO.parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(DEMO), *TORCHRUN, "--data-dir", str(fake_data), "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = _torchrun("--data-dir", str(fake_data), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("== sgdm") == 1  # rank 0 alone prints
     assert "× 2 processes (10 images each)" in proc.stdout and "SyncBatchNorm needs CUDA" in proc.stdout
@@ -552,3 +555,14 @@ def test_torchrun_two_processes_train_on_halves_of_the_same_global_batches(fake_
     got = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     assert [v for _, v in got["train/loss"]] == pytest.approx(losses, rel=1e-5)
     assert_same_history(got, expected, rel=1e-4, abs=1e-6)
+
+    (out / "sgdm" / "result.json").rename(out / "done.json")  # as if interrupted: rank 0 removes the run
+    proc = _torchrun("--data-dir", str(fake_data), "--out", str(out), "--parts", "sgdm,lars")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("removing the unfinished run") == 1
+    (out / "sgdm" / "result.json").unlink()
+    (out / "done.json").rename(out / "sgdm" / "result.json")
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    proc = _torchrun("--data-dir", str(fake_data), "--out", str(out), "--parts", "sgdm,lars")  # all finished
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("skipped") == 2 and {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamps
