@@ -550,7 +550,7 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses[i] = loss.detach() / cfg.world  # this rank's part of the global batch mean
+                losses[i] = loss.detach()
                 correct[i] = (logits.argmax(1) == y).sum()
                 step += 1
                 if show_progress and time.perf_counter() - last_shown > 0.5:  # a progress bar in slow epochs
@@ -560,8 +560,9 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
             n = len(lrs)
-            if cfg.world > 1:  # sums over the ranks' shares: the global batch's
+            if cfg.world > 1:  # the global batch's: mean of the ranks' equal shares' mean losses, summed hits
                 dist.all_reduce(losses)
+                losses /= cfg.world
                 dist.all_reduce(correct)
             losses, correct = losses[:n].tolist(), correct[:n].tolist()  # sync point, once per epoch
             train_time += time.perf_counter() - t0
