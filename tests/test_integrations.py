@@ -121,7 +121,7 @@ def _fit(pl, module, batches, tmp_path, callbacks, **trainer_kwargs):
     return trainer
 
 
-@pytest.mark.filterwarnings("error:normwatch\\: torch.compile")  # fused: no fallback to the eager path
+@pytest.mark.filterwarnings("error:normwatch. torch.compile")  # fused: no fallback to the eager path
 @pytest.mark.parametrize(("package", "fused"), [("lightning.pytorch", False), ("pytorch_lightning", False),
                                                 ("lightning.pytorch", True)])
 def test_lightning_writes_into_the_tensorboard_logger_at_the_trainer_steps(tmp_path, package, fused) -> None:
