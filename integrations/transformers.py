@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import normwatch
@@ -81,5 +81,16 @@ def _logdir(args: Any) -> str:
     """``<the Trainer's TensorBoard directory>/normwatch``, as ``TensorBoardCallback`` chooses it."""
     base = getattr(args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
     if base is None:  # transformers 5.x: the default of TensorBoardCallback (and of SummaryWriter)
-        base = os.path.join(args.output_dir, "runs", f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}")
+        base = _default_run_dir(args.output_dir, datetime.now())
     return os.path.join(os.path.expanduser(base), "normwatch")
+
+
+def _default_run_dir(output_dir: str, now: datetime) -> str:
+    """``<output_dir>/runs/<date>_<host>``, the run directory ``TensorBoardCallback`` made moments ago in the
+    same ``on_train_begin`` (it runs before user callbacks): that of the second before ``now`` when a second
+    ticked in between."""
+    def run_dir(moment: datetime) -> str:
+        return os.path.join(output_dir, "runs", f"{moment:%b%d_%H-%M-%S}_{socket.gethostname()}")
+
+    earlier = run_dir(now - timedelta(seconds=1))
+    return earlier if not os.path.isdir(run_dir(now)) and os.path.isdir(earlier) else run_dir(now)

@@ -5,8 +5,10 @@ loop (same init, same batches, same optimizer), and with quantities computed in 
 weights and gradients the loop captured: |w|², lars_ratio = η|g|/|w| (SGD), AdamW's shrink.
 """
 
+import datetime
 import importlib
 import math
+import socket
 import sys
 import warnings
 from types import SimpleNamespace
@@ -430,6 +432,20 @@ def test_hf_logdir_follows_the_trainers_tensorboard_directory(tmp_path, monkeypa
     assert default.startswith("/x/runs/") and default.endswith("/normwatch")
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "/tb")
     assert _logdir(SimpleNamespace(output_dir="/x")) == "/tb/normwatch"
+
+
+def test_hf_default_logdir_survives_a_second_ticking(tmp_path) -> None:
+    """TensorBoardCallback named its run directory at 12:00:59; normwatch looks at 12:01:00 and joins it."""
+    pytest.importorskip("transformers")
+    from normwatch.integrations.transformers import _default_run_dir
+
+    host = socket.gethostname()
+    now = datetime.datetime(2026, 11, 26, 12, 1, 0, 3000)
+    assert _default_run_dir(str(tmp_path), now) == str(tmp_path / "runs" / f"Nov26_12-01-00_{host}")  # none yet
+    (tmp_path / "runs" / f"Nov26_12-00-59_{host}").mkdir(parents=True)
+    assert _default_run_dir(str(tmp_path), now) == str(tmp_path / "runs" / f"Nov26_12-00-59_{host}")
+    (tmp_path / "runs" / f"Nov26_12-01-00_{host}").mkdir()  # both exist: the one of this second
+    assert _default_run_dir(str(tmp_path), now) == str(tmp_path / "runs" / f"Nov26_12-01-00_{host}")
 
 
 # -- accelerate ---------------------------------------------------------------------------------------------------
