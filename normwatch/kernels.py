@@ -24,12 +24,15 @@ def tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Tensor, w
                 g: torch.Tensor, v: torch.Tensor, state: dict[str, Any], trust: torch.Tensor | None,
                 first: bool, recording: bool) -> torch.Tensor | None:
     """Advance ``v`` in place (:func:`~normwatch.update.advance_memory`); when ``recording``, return the
-    row of sums of u = w_next − w_prev with g, v and the split u = u_wd + u_g."""
+    row of sums of u = w_next − w_prev with g, v and the split u = u_wd + u_g (in float32 for 16-bit
+    weights, whose difference is exact there)."""
     if recording:
         gv, vv = stats.memory_sums(g, v)
     update.advance_memory(family, hp, v, g, trust, first)
     if not recording:
         return None
+    if w_prev.dtype in (torch.bfloat16, torch.float16):  # the split from their exact values, in float32
+        w_prev, w_next = w_prev.float(), w_next.float()
     u = w_next - w_prev
     u_wd = update.decay_part(family, hp, state, w_prev, u, v, trust)
     return stats.update_sums(w_prev, u, g, u_wd, trust, gv, vv)

@@ -37,9 +37,9 @@ def _model() -> nn.Module:
 LAYERS = {"0": ["0.weight"], "4": ["4.weight", "4.bias"]}
 
 
-def _train(make_opt, every: int = 1, fused: bool = False):
+def _train(make_opt, every: int = 1, fused: bool = False, dtype: torch.dtype = torch.float32):
     """Train with normwatch attached; capture (w_t, g_t, w_{t+1}) per tracked tensor per step."""
-    model = _model()
+    model = _model().to(dtype)
     opt = make_opt(model)
     watch = normwatch.attach(model, opt, writer=None, logdir=None, keep_history=True, every=every, fused=fused)
     params = dict(model.named_parameters())
@@ -47,7 +47,7 @@ def _train(make_opt, every: int = 1, fused: bool = False):
     gen = torch.Generator().manual_seed(1)
     for _ in range(STEPS):
         x, y = torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.to(dtype)).float(), y)
         opt.zero_grad()
         loss.backward()
         before = {n: (params[n].detach().double().clone(), params[n].grad.double().clone())
@@ -244,6 +244,23 @@ def test_sgd_without_momentum_reduces_to_the_seed_equations() -> None:
         # the measured update carries the fp32 rounding of w − η(g + λw): about eps·|w| per element
         assert _value(history, "growth", "0", step) == pytest.approx(lr**2 * gg - 2 * lr * wg, abs=2e-7 * ww)
         assert _value(history, "cross", "0", step) == pytest.approx(2 * lr**2 * wd * wg, abs=1e-9)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_bfloat16_weights_get_float32_bookkeeping(fused) -> None:
+    """Weights kept in bf16 (8 mantissa bits): the split is computed from their exact values in float32, so
+    shrink is (1 − (1−ηλ)²)|w|² and the parts add up to the measured change, both to float32 precision."""
+    lr, wd = 0.1, 1e-2
+    watch, captured = _train(lambda m: torch.optim.SGD(m.parameters(), lr=lr, weight_decay=wd), fused=fused,
+                             dtype=torch.bfloat16)
+    history = watch.history
+    for step, record in enumerate(captured):
+        w, _, w1 = (t.flatten() for t in record["0.weight"])
+        ww, measured = (w @ w).item(), (w1 @ w1 - w @ w).item()
+        assert _value(history, "shrink", "0", step) == pytest.approx((1 - (1 - lr * wd) ** 2) * ww, rel=1e-5)
+        split = (_value(history, "growth", "0", step) - _value(history, "shrink", "0", step)
+                 + _value(history, "cross", "0", step))
+        assert split == pytest.approx(measured, abs=2e-6 * ww), step
 
 
 def test_theory_tags_use_the_seed_formulas() -> None:
