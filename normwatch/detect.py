@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils._pytree import tree_map
 
 from normwatch import _dist
 from normwatch.flow import Granularity, Owned, ScaleTracer, Source, TraceResult, _tensors
@@ -135,6 +136,7 @@ def _trace(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], repla
                module_hooks.register_module_forward_hook(leave, always_call=True)]
     try:
         replay()
+        args, kwargs = _fresh(args, kwargs)
         with tracer:
             output = base(*args, **kwargs)
         tracer.leak_outputs(output)
@@ -205,7 +207,14 @@ def _with(layer: Layer, confirmed: bool) -> Layer:
 
 def _forward(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], replay: Any) -> list[torch.Tensor]:
     replay()
+    args, kwargs = _fresh(args, kwargs)
     return [t.detach().clone() for t in _tensors(base(*args, **kwargs)) if t.is_floating_point()]
+
+
+def _fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Copies of the input tensors for one of detection's forwards: a forward that changes its input in
+    place (``x.mul_(2)``) must change neither the user's batch nor the next forward's."""
+    return tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, (args, kwargs))
 
 
 def _forward_scaled(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layers: list[Layer],
@@ -259,19 +268,24 @@ def _preserved(base: nn.Module) -> Iterator[Any]:
     own mode, so a BatchNorm the user froze with ``.eval()`` keeps using running statistics.
 
     Yields ``replay``: a function that restores the buffers and the random state to their values at
-    entry, so every forward inside sees the same BatchNorm statistics and the same dropout masks.
+    entry, so every forward inside sees the same BatchNorm statistics and the same dropout masks. A buffer
+    the forward replaced (``self.ema = ...``) gets its own tensor object back.
     """
     modes = [(m, m.training) for m in base.modules()]
     synced = [m for m in base.modules() if isinstance(m, nn.SyncBatchNorm) and "forward" not in vars(m)]
-    buffers = [(b, b.detach().clone()) for b in base.buffers()]
+    # each buffer slot's tensor and its value: a forward may update a buffer in place or replace it
+    buffers = [(m._buffers, name, b, None if b is None else b.detach().clone())
+               for m in base.modules() for name, b in m._buffers.items()]
     devices = sorted({t.device.index or 0 for t in [*base.parameters(), *base.buffers()] if t.is_cuda})
     with torch.random.fork_rng(devices=devices):
         cpu_state = torch.get_rng_state()
         cuda_states = [torch.cuda.get_rng_state(d) for d in devices]
 
         def replay() -> None:
-            for buffer, value in buffers:
-                buffer.copy_(value)
+            for table, name, buffer, value in buffers:
+                table[name] = buffer
+                if buffer is not None:
+                    buffer.copy_(value)
             torch.set_rng_state(cpu_state)
             for d, state in zip(devices, cuda_states):
                 torch.cuda.set_rng_state(state, d)

@@ -79,6 +79,39 @@ def test_training_is_bitwise_identical_with_and_without_normwatch(tmp_path, make
         assert torch.equal(a, b), name
 
 
+class _Restless(nn.Module):
+    """A forward with side effects on its state: it replaces a buffer and changes its input in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _model()
+        self.register_buffer("seen", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = 0.5 * self.seen + 0.5 * x.mean()  # a new tensor object each call
+        return self.body(x.mul_(2.0))
+
+
+def test_a_forward_that_replaces_buffers_and_changes_its_input_is_not_disturbed(tmp_path) -> None:
+    """Detection runs extra forwards: they must leave the user's input and the module's state untouched."""
+    runs = {}
+    for watched in (False, True):
+        model, batches = _Restless(), _batches(4)
+        opt = _sgd(model)
+        watch = normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) if watched else None
+        torch.manual_seed(5)
+        _train(model, opt, batches)
+        if watch:
+            watch.close()
+            assert [layer.name for layer in watch.layers] == ["body.0", "body.5"]
+            assert all(layer.confirmed for layer in watch.layers)
+        runs[watched] = model.state_dict(), [x for x, _ in batches]
+    for (name, a), b in zip(runs[False][0].items(), runs[True][0].values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(runs[False][1], runs[True][1]):  # each batch doubled once
+        assert torch.equal(a, b)
+
+
 def test_fused_falls_back_to_eager_with_one_warning_when_compiling_fails(tmp_path, monkeypatch) -> None:
     def no_compiler(config):
         raise RuntimeError("no C++ compiler")
