@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ PAIRS = {"shrink vs growth": ("shrink", "growth"),
          "angle vs angle_theory": ("angle", "angle_theory")}
 PER_METRIC = ("w_norm2", "w_norm2_rel", "cos_wg", "shrink", "growth", "cross", "radial", "tangential", "angle",
               "angle_theory", "lars_ratio", "lars_theory", "grad_autocorr")
+Scalar = tuple[str, float, int, float]  # (tag, value, step, walltime), as add_scalar takes them
 
 
 def tag(metric: str, layer: str) -> str:
@@ -43,10 +45,15 @@ def custom_layout(layers: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
 class Sink:
     """A writer thread: batches go in on the training thread, scalars come out on this one.
 
-    ``writer`` is a ``SummaryWriter`` (None when it could not be made); ``preamble(writer)`` runs once
-    before the first point. When a write fails, one warning says so and the points are kept in
-    ``history`` instead, so no recorded step is lost. ``history`` is also kept when asked. A disabled
-    sink (a rank other than 0) drops what it is given.
+    ``writer`` is a ``SummaryWriter`` (None when it could not be made); ``preamble(writer)`` runs before
+    the first point (again on later batches until it succeeds). ``history`` is kept when asked.
+
+    A failing writer never costs a recorded step: from the first failure on, every point is also kept in
+    ``history``, and the values not yet written wait in a backlog that is retried, oldest first, once per
+    later batch and at ``close()``, so a value is never written twice and each tag's steps stay in order.
+    One warning says writing failed, one more says when it works again, and ``close()`` says how many
+    values never reached the event file. Only the writer thread touches this state until ``close()`` has
+    joined it. A disabled sink (a rank other than 0) drops what it is given.
     """
 
     def __init__(self, writer: Any, to_points: Callable[[Batch], list[Point]],
@@ -55,13 +62,14 @@ class Sink:
         self._writer = writer
         self._enabled = enabled
         self._to_points = to_points
-        self._preamble: Callable[[Any], None] | None = preamble
+        self._preamble: Callable[[Any], None] | None = None if writer is None else preamble
         self._close_writer = close_writer
-        self._failed = writer is None
-        self.keep_history = keep_history or (self._failed and enabled)
+        self.keep_history = keep_history or (writer is None and enabled)
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self._backlog: deque[Scalar] = deque()  # values the writer has not taken yet, oldest first
+        self._failing = False  # the last attempt to write failed
+        self._warned = {"failed": False, "recovered": False}
         self._queue: queue.Queue[Batch | None] = queue.Queue()
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="normwatch-writer", daemon=True)
         self._thread.start()
 
@@ -74,16 +82,19 @@ class Sink:
         self._queue.join()
 
     def close(self) -> None:
+        """Stop the thread, retry what is still unwritten once, flush, and say what never reached the file."""
         self._queue.put(None)
         self._thread.join()
-        self._writer_or_none()  # a run closed before its first step still gets its layout
-        if self._writer is not None and not self._failed:
-            try:
-                self._writer.flush()
-                if self._close_writer:
-                    self._writer.close()
-            except Exception as error:  # a failing writer must not fail the user's close()
-                self._fail(error)
+        if self._writer is None:
+            return
+        self._attempt()  # a run closed before its first step still gets its layout
+        try:
+            self._writer.flush()
+            if self._close_writer:
+                self._writer.close()
+        except Exception as error:  # a failing writer must not fail the user's close()
+            self._fail(error)
+        self._report_unwritten()
 
     def _run(self) -> None:
         while True:  # this thread must outlive any error: flush() and close() wait for it
@@ -98,36 +109,67 @@ class Sink:
                 self._queue.task_done()
 
     def _write(self, points: list[Point]) -> None:
-        writer = self._writer_or_none()
+        """Queue each point's values behind the backlog; while the writer fails, try it once per batch."""
+        trying = self._writer is not None and self._start()
         for step, walltime, values in points:
-            if self.keep_history:
-                for name, value in values.items():
-                    self.history.setdefault(name, []).append((step, value))
-            if writer is None:
+            kept = self.keep_history
+            if kept:
+                self._remember(step, values)
+            if self._writer is None:
                 continue
-            try:
-                for name, value in values.items():
-                    writer.add_scalar(name, value, step, walltime=walltime)
-            except Exception as error:
-                kept = self.keep_history
-                self._fail(error)
-                writer = None
-                if not kept:  # history starts with the point whose write failed
-                    for name, value in values.items():
-                        self.history.setdefault(name, []).append((step, value))
+            self._backlog.extend((name, value, step, walltime) for name, value in values.items())
+            if trying:
+                trying = self._attempt()
+            if self.keep_history and not kept:  # history starts with the point whose write failed
+                self._remember(step, values)
 
-    def _writer_or_none(self) -> Any:
-        if self._preamble is not None and not self._failed:
-            preamble, self._preamble = self._preamble, None
+    def _start(self) -> bool:
+        """Run the preamble if it has not succeeded yet; False when it fails."""
+        if self._preamble is not None:
             try:
-                preamble(self._writer)
+                self._preamble(self._writer)
             except Exception as error:
                 self._fail(error)
-        return None if self._failed else self._writer
+                return False
+            self._preamble = None
+        return True
+
+    def _attempt(self) -> bool:
+        """Write the backlog oldest first; True when all of it (and the preamble) reached the writer."""
+        if not self._start():
+            return False
+        try:
+            while self._backlog:
+                name, value, step, walltime = self._backlog[0]
+                self._writer.add_scalar(name, value, step, walltime=walltime)
+                self._backlog.popleft()
+        except Exception as error:
+            self._fail(error)
+            return False
+        if self._failing:
+            self._failing = False
+            self._warn_once("recovered", "normwatch: writing to TensorBoard works again; the values held back "
+                            "were written and every point since the failure is also in Watcher.history.")
+        return True
+
+    def _remember(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.history.setdefault(name, []).append((step, value))
 
     def _fail(self, error: BaseException) -> None:
-        if not self._failed:
-            self._failed = True
-            self.keep_history = True
-            warn_from_thread(f"normwatch: cannot write to TensorBoard ({error}); training goes on and the "
-                             "metrics are kept in memory in Watcher.history.")
+        self._failing = True
+        self.keep_history = True
+        self._warn_once("failed", f"normwatch: cannot write to TensorBoard ({error}); training goes on, the "
+                        "metrics are kept in memory in Watcher.history and the writer is retried on later steps.")
+
+    def _report_unwritten(self) -> None:
+        if self._backlog:
+            steps = sorted({step for _, _, step, _ in self._backlog})
+            warn_from_thread(f"normwatch: {len(self._backlog)} values of {len(steps)} recorded steps (steps "
+                             f"{steps[0]} to {steps[-1]}) never reached the TensorBoard event file; they are "
+                             "only in memory, in Watcher.history.")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if not self._warned[key]:
+            self._warned[key] = True
+            warn_from_thread(message)
