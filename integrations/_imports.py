@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import warnings
 from types import ModuleType
 from typing import Any
 
@@ -42,15 +41,8 @@ def check_options(owner: str, options: dict[str, Any]) -> dict[str, Any]:
     return dict(options)
 
 
-def resume_at(watcher: normwatch.Watcher, step: int, optimizer: Any, owner: str) -> None:
-    """Start ``watcher``'s step count at ``step``: a run resumed without normwatch's own state.
-
-    Where the optimizer's state was restored too, normwatch's gradient memory (its replay of the momentum
-    on gradients alone) cannot be, and one warning says what that costs.
-    """
+def resume_at(watcher: normwatch.Watcher, step: int) -> None:
+    """Start ``watcher``'s step count at ``step``: a run resumed without normwatch's own state. (Where the
+    optimizer's momentum was restored, the Watcher withholds the shrink/growth split until it has decayed,
+    and says so.)"""
     watcher.load_state_dict({"version": 1, "step": int(step), "w0_norm2": {}, "memory": {}})
-    if getattr(optimizer, "state", None):
-        warnings.warn(f"{owner}: resuming at step {step} without normwatch's state: the curves go on at that step, "
-                      "but normwatch's gradient memory starts afresh while the optimizer's momentum does not, so "
-                      "grad_autocorr and the shrink/growth split settle over the next ~1/(1 - momentum) steps.",
-                      RuntimeWarning, stacklevel=3)

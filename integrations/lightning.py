@@ -99,11 +99,12 @@ class _Normwatch:
         if len(trainer.optimizers) == 1:  # global_step counts this optimizer's steps (AMP-skipped ones included)
             options.setdefault("step_fn", lambda: trainer.global_step)
         self.watcher = normwatch.attach(module, optimizer, writer=writer, logdir=logdir, **options)
+        self.watcher._warn_undetected = False  # on_train_batch_end says it, naming the `module` option
         state, self._resume, self._final = self._resume, None, None
         if state is not None:
             self.watcher.load_state_dict(state)
         elif trainer.global_step > 0:  # a checkpoint without normwatch state, or fit() again
-            resume_at(self.watcher, trainer.global_step, optimizer, type(self).__name__)
+            resume_at(self.watcher, trainer.global_step)
         self._forward_seen = False
         self._probes = [module.register_forward_pre_hook(self._shield, prepend=True),  # runs before normwatch's
                         module.register_forward_pre_hook(self._on_forward)]  # runs after it

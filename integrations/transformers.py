@@ -67,7 +67,7 @@ class NormwatchCallback(_transformers.TrainerCallback):
         options = {"step_fn": lambda: state.global_step, **self.options}  # the Trainer's axis, AMP skips included
         self.watcher = normwatch.attach(model, optimizer, logdir=self.logdir or _logdir(args), **options)
         if state.global_step > 0:  # resume_from_checkpoint
-            resume_at(self.watcher, state.global_step, optimizer, type(self).__name__)
+            resume_at(self.watcher, state.global_step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._close()

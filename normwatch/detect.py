@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
@@ -268,7 +270,8 @@ def _preserved(base: nn.Module) -> Iterator[Any]:
     own mode, so a BatchNorm the user froze with ``.eval()`` keeps using running statistics.
 
     Yields ``replay``: a function that restores the buffers and the random state to their values at
-    entry, so every forward inside sees the same BatchNorm statistics and the same dropout masks. A buffer
+    entry (torch's generators, Python's ``random`` and NumPy's global one), so every forward inside sees the
+    same BatchNorm statistics and the same dropout masks. A buffer
     the forward replaced (``self.ema = ...``) gets its own tensor object back.
     """
     modes = [(m, m.training) for m in base.modules()]
@@ -277,6 +280,7 @@ def _preserved(base: nn.Module) -> Iterator[Any]:
     buffers = [(m._buffers, name, b, None if b is None else b.detach().clone())
                for m in base.modules() for name, b in m._buffers.items()]
     devices = sorted({t.device.index or 0 for t in [*base.parameters(), *base.buffers()] if t.is_cuda})
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # a forward may draw from these too
     with torch.random.fork_rng(devices=devices):
         cpu_state = torch.get_rng_state()
         cuda_states = [torch.cuda.get_rng_state(d) for d in devices]
@@ -286,6 +290,8 @@ def _preserved(base: nn.Module) -> Iterator[Any]:
                 table[name] = buffer
                 if buffer is not None:
                     buffer.copy_(value)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
             torch.set_rng_state(cpu_state)
             for d, state in zip(devices, cuda_states):
                 torch.cuda.set_rng_state(state, d)

@@ -34,10 +34,11 @@ class Batch:
     rows: torch.Tensor  # (R, S, K): stats.SUMS per tracked tensor per record
     skipped: torch.Tensor  # (R,): nonzero where the optimizer skipped the step (found_inf)
     calls: list[int]  # index of the step-hook call that produced each record
-    hypers: list[tuple[Hyper, ...]]  # per record, per layer
+    hypers: list[tuple[Hyper, ...]]  # per record, per tracked tensor: its param group's
     walltimes: list[float]
     ready: Callable[[], None] = lambda: None  # waits for the device-to-host copy
     steps: list[int | None] | None = None  # the x-axis value given by the user's step_fn, per record
+    withheld: list[frozenset[int]] | None = None  # per record, layers whose split and autocorr are not known
 
 
 @dataclass
@@ -62,7 +63,10 @@ class Recorder:
     def points(self, batch: Batch) -> list[Point]:
         batch.ready()
         rows = batch.rows.double().numpy()
+        lr = np.array([[float(h.lr) for h in hypers] for hypers in batch.hypers]).reshape(rows.shape[:2])
+        rows[..., stats.INDEX["tgg"]] *= lr * lr  # each tensor's own lr, for the layer's lars_ratio
         skipped = batch.skipped.numpy() != 0
+        self._check_partial(rows)
         sums = stats.layer_sums(rows, self.slot_layer, len(self.layer_names))
         out: list[Point] = []
         for r, call in enumerate(batch.calls):
@@ -74,20 +78,20 @@ class Recorder:
                 continue
             if batch.steps is not None and batch.steps[r] is not None:
                 step = batch.steps[r]
-            point = self._point(step, sums[r], batch.hypers[r])
+            withheld = batch.withheld[r] if batch.withheld is not None else frozenset()
+            point = self._point(step, sums[r], batch.hypers[r], withheld)
             self.last_step = step
             out.append((step, batch.walltimes[r], point))
         return out
 
-    def _point(self, step: int, sums: np.ndarray, hypers: tuple[Hyper, ...]) -> dict[str, float]:
+    def _point(self, step: int, sums: np.ndarray, hypers: tuple[Hyper, ...],
+               withheld: frozenset[int]) -> dict[str, float]:
         present = sums[:, stats.INDEX["present"]] > 0
         ww = sums[:, stats.INDEX["ww"]]
         first = present & np.isnan(self.w0_norm2) & np.isfinite(ww) & (ww > 0)
         self.w0_norm2[first] = ww[first]
-        lr = np.array([float(h.lr) for h in hypers])
-        metrics = stats.derive(sums, self.w0_norm2, lr)
+        metrics = stats.derive(sums, self.w0_norm2)
         point: dict[str, float] = {}
-        split = self.family != "unknown"
         for i, name in enumerate(self.layer_names):
             if not present[i]:
                 continue
@@ -96,15 +100,20 @@ class Recorder:
                 self._warn_once(f"nonfinite:{name}", f"normwatch: layer {name!r} had a non-finite gradient or "
                                 f"weight at step {step}; that step is not recorded for it (warned once).")
                 continue
-            names = stats.MEASURED + (stats.SPLIT if split else ())
+            names = stats.MEASURED + (stats.SPLIT if self.family != "unknown" else ())
+            if i in withheld:  # the memory still holds momentum from steps normwatch did not see
+                names = tuple(n for n in names if n not in stats.SPLIT and n != "grad_autocorr")
             for metric in names:
                 value = float(metrics[metric][i])
                 if math.isfinite(value):
                     point[f"normwatch/{metric}/{name}"] = value
-            hp = hypers[i]
+            own = [hypers[slot] for slot, layer in enumerate(self.slot_layer) if layer == i]
+            hp = own[0]  # the weight's group
             point[f"normwatch/lr/{name}"] = float(hp.lr)
             point[f"normwatch/weight_decay/{name}"] = hp.weight_decay
             point[f"normwatch/momentum/{name}"] = hp.momentum
+            if any(h != hp for h in own):  # tensors of one layer in groups with other hyperparameters
+                continue  # no theory: the equilibrium formulas assume one lr, weight decay and momentum
             grad_rms = math.sqrt(sums[i, stats.INDEX["gg"]] / self.numel[i]) if self.numel[i] else None
             ratio, angle = theory.equilibrium(
                 hp.family, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,
@@ -114,6 +123,16 @@ class Recorder:
             if angle is not None and math.isfinite(angle):
                 point[f"normwatch/angle_theory/{name}"] = angle
         return point
+
+    def _check_partial(self, rows: np.ndarray) -> None:
+        """Warn once per layer whose tensors, rescaled together, did not all get a gradient in a step."""
+        present = rows[..., stats.INDEX["present"]] > 0  # (R, S)
+        for i, name in enumerate(self.layer_names):
+            own = present[:, [slot for slot, layer in enumerate(self.slot_layer) if layer == i]]
+            if (own.any(axis=1) & ~own.all(axis=1)).any():
+                self._warn_once(f"partial:{name}", f"normwatch: layer {name!r} is scale-invariant only with all "
+                                "its tensors rescaled together, and some of them got no gradient (frozen?) while "
+                                "others did, so those steps are not recorded for it (warned once).")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

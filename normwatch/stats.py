@@ -10,7 +10,8 @@ per step. On the host (the writer thread), layers are sums of their tensors and,
   growth − shrink + cross = 2w·u + |u|² = |w_{t+1}|² − |w_t|²
 - ``radial`` = 2|w|u_r + u_r², ``tangential`` = |u⊥|² (u_r = u·ŵ, u⊥ = u − u_r ŵ); radial + tangential
   = |w_{t+1}|² − |w_t|²; ``angle`` = atan2(|u⊥|, |w| + u_r), the rotation of w in the step
-- ``lars_ratio`` = lr·|t g|/|w|, the step size relative to the weight (LARS's own: t·lr is its step)
+- ``lars_ratio`` = |lr·t g|/|w|, the step size relative to the weight (LARS's own: t·lr is its step); each
+  tensor with its own group's lr, so the ``tgg`` sums reach :func:`derive` weighted by lr²
 - ``grad_autocorr`` = g·v/(|g||v|)
 """
 
@@ -90,13 +91,12 @@ def layer_sums(rows: np.ndarray, slot_layer: Sequence[int], n_layers: int) -> np
     return out
 
 
-def derive(sums: np.ndarray, w0_norm2: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
+def derive(sums: np.ndarray, w0_norm2: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric from layer sums (..., K), float64; undefined values are NaN.
 
     Args:
-        sums: layer sums, last axis ordered as :data:`SUMS`.
+        sums: layer sums, last axis ordered as :data:`SUMS`, with ``tgg`` = Σ lr²·t²·|g|² over the tensors.
         w0_norm2: |w_0|² per layer (broadcast against the leading axes).
-        lr: the learning rate of each layer's param group (same leading shape).
     """
     s = {name: sums[..., i] for i, name in enumerate(SUMS)}
     ww, gg, wu, uu = s["ww"], s["gg"], s["wu"], s["uu"]
@@ -111,7 +111,7 @@ def derive(sums: np.ndarray, w0_norm2: np.ndarray, lr: np.ndarray) -> dict[str, 
             "radial": 2.0 * wu + u_r * u_r,
             "tangential": tangential,
             "angle": np.arctan2(np.sqrt(np.maximum(tangential, 0.0)), norm + u_r),
-            "lars_ratio": lr * np.sqrt(s["tgg"]) / norm,
+            "lars_ratio": np.sqrt(s["tgg"]) / norm,
             "grad_autocorr": np.where(s["vv"] > 0, s["gv"] / np.sqrt(gg * s["vv"]), np.nan),
             "shrink": -(2.0 * s["w_uwd"] + s["uwd2"]),
             "growth": 2.0 * s["w_ug"] + s["ug2"],

@@ -18,6 +18,8 @@ import atexit
 import fnmatch
 import functools
 import json
+import operator
+import os
 import time
 import warnings
 import weakref
@@ -34,6 +36,8 @@ from normwatch.kernels import fused_tensor_step, tensor_step
 from normwatch.records import Batch, Recorder
 
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Watcher] = weakref.WeakKeyDictionary()
+DETECTION_TRIES = 3  # training forwards on which detection may fail before normwatch gives up
+UNKNOWN_TOLERANCE = 1e-6  # split and autocorr wait while momentum from before attach weighs more than this
 
 
 @dataclass
@@ -46,6 +50,7 @@ class _Slot:
     group: int
     snapshot: torch.Tensor  # w_t, copied before each recorded step
     memory: torch.Tensor  # the gradient memory v (see normwatch.update)
+    unknown: float = 0.0  # weight in v of optimizer state from before attach, which normwatch cannot split
 
 
 def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -109,16 +114,26 @@ class Watcher:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
         optimizer = _unwrap_optimizer(optimizer)
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Expected argument `every` to be a positive int, but got {every!r}.")
         if not isinstance(flush_every, int) or flush_every < 1:
             raise ValueError(f"Expected argument `flush_every` to be a positive int, but got {flush_every!r}.")
-        if not 0.0 <= ema_beta < 1.0:
+        if not isinstance(ema_beta, (int, float)) or not 0.0 <= ema_beta < 1.0:
             raise ValueError(f"Expected argument `ema_beta` to be in [0, 1), but got {ema_beta!r}.")
         if logdir is not None and writer is not None:
             raise ValueError("Pass either `logdir` or `writer`, not both.")
+        if logdir is not None and not isinstance(logdir, (str, os.PathLike)):
+            raise TypeError(f"Expected argument `logdir` to be a path, but got {type(logdir).__name__}.")
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError(f"Expected argument `writer` to be a SummaryWriter (with add_scalar), but got "
+                            f"{type(writer).__name__}; pass a directory as `logdir`.")
+        if step_fn is not None and not callable(step_fn):
+            raise TypeError(f"Expected argument `step_fn` to be a function returning the step, but got "
+                            f"{type(step_fn).__name__}.")
         if isinstance(layers, str):
             layers = [layers]
+        if layers is not None and not all(isinstance(pattern, str) for pattern in layers):
+            raise TypeError(f"Expected argument `layers` to be glob patterns (strings), but got {layers!r}.")
         if optimizer in _ATTACHED:
             raise RuntimeError("normwatch is already attached to this optimizer; close() that Watcher first.")
         self.every = every
@@ -135,17 +150,20 @@ class Watcher:
         self._layers: list[Layer] = []
         self._slots: list[_Slot] = []
         self._detected = False
+        self._detecting = False  # inside detection's own forwards
+        self._detection_failures = 0
+        self._warn_undetected = True  # a step with no detection yet says why, once (integrations say it their way)
+        self._compiled_call: Any = None  # Module.compile()'s compiled __call__, set aside until detection
         self._closed = False
         self._calls = 0  # step-hook calls so far (skipped AMP steps included until the writer drops them)
         self._recording = False
         self._in_step = False  # between the step pre-hook and post-hook
         self._armed = False  # this step will be processed by the post-hook
         self._first: list[bool] = []
-        self._layer_group: list[int] = []
         self._pending_state: dict[str, Any] | None = None
         self._ring = self._ring_skipped = torch.empty(0)
         self._n = 0
-        self._meta: list[tuple[int, int | None, tuple[update.Hyper, ...], float]] = []
+        self._meta: list[tuple[int, int | None, tuple[update.Hyper, ...], float, frozenset[int]]] = []
         self._recorder = Recorder([], [], [], self._family, every)
         self._writes = _dist.rank() == 0  # under torch.distributed, global rank 0 alone writes
         self._sharded = False  # FSDP2: every rank holds a shard and takes part in one all-reduce per step
@@ -155,6 +173,8 @@ class Watcher:
         self._sink = tensorboard.Sink(writer if self._writes else None, self._to_points, self._preamble,
                                       close_writer=own_writer, keep_history=keep_history, enabled=self._writes)
         _ATTACHED[optimizer] = self
+        if getattr(model, "_compiled_call_impl", None) is not None:  # model.compile(): its compiled __call__
+            self._compiled_call, model._compiled_call_impl = model._compiled_call_impl, None  # runs hooks inside
         self._handles = [
             model.register_forward_pre_hook(self._on_forward, with_kwargs=True),
             optimizer.register_step_pre_hook(self._before_step),
@@ -199,6 +219,7 @@ class Watcher:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._restore_compiled_call()
         self._flush()
         self._sink.close()
         _ATTACHED.pop(self._optimizer, None)
@@ -233,6 +254,7 @@ class Watcher:
         for slot in self._slots:
             if slot.name in state["memory"]:
                 slot.memory.copy_(state["memory"][slot.name])
+                slot.unknown = 0.0
 
     def __enter__(self) -> Watcher:
         return self
@@ -259,20 +281,36 @@ class Watcher:
                           RuntimeWarning, stacklevel=4)
             return None
 
-    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not module.training or self._detected:
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
+        # Inside torch.compile (a model compiled after attach) this is traced as a no-op: no graph break, and
+        # detection, which needs eager tensors, waits; _after_step says so if it never happens.
+        if torch.compiler.is_compiling() or self._detected or self._detecting or self._closed or not module.training:
             return
+        self._detecting = True
+        try:
+            found = scan(module, args, kwargs or {}, confirm=self._confirm)
+        except Exception as error:
+            self._detection_failures += 1
+            last = self._detection_failures == DETECTION_TRIES
+            if self._detection_failures == 1 or last:
+                then = "nothing will be recorded" if last else "it tries again on the next training forward"
+                warnings.warn(f"normwatch: could not trace the model's forward ({error!r}); {then}. Training is "
+                              "not affected.", RuntimeWarning, stacklevel=2)
+            if not last:
+                return
+            found = []
+        finally:
+            self._detecting = False
         self._handles[0].remove()
         self._detected = True
-        try:
-            found = scan(module, args, kwargs, confirm=self._confirm)
-        except Exception as error:
-            warnings.warn(f"normwatch: could not trace the model's forward ({error!r}); nothing will be "
-                          "recorded. Training is not affected.", RuntimeWarning, stacklevel=2)
-            found = []
+        self._restore_compiled_call()
         self._setup(self._select(found))
         if self._in_step:  # the forward runs inside optimizer.step(closure): this step can still be recorded
             self._arm()
+
+    def _restore_compiled_call(self) -> None:
+        if self._compiled_call is not None:
+            self._model._compiled_call_impl, self._compiled_call = self._compiled_call, None
 
     def _select(self, found: list[Layer]) -> list[Layer]:
         """Apply the user's ``layers`` patterns; warn about patterns that match nothing."""
@@ -287,6 +325,9 @@ class Watcher:
                               f"(detected: {', '.join(layer.name for layer in found) or 'none'}).", stacklevel=4)
         chosen = [layer for layer in found if (not keep or any(fnmatch.fnmatchcase(layer.name, p) for p in keep))
                   and not any(fnmatch.fnmatchcase(layer.name, p) for p in drop)]
+        if found and not chosen and not add:
+            warnings.warn(f"normwatch: the layers patterns {self._patterns} leave none of the {len(found)} detected "
+                          "layers: nothing will be recorded.", RuntimeWarning, stacklevel=4)
         names = {layer.name for layer in chosen}
         for pattern in add:
             matches = [n for n, m in modules.items() if fnmatch.fnmatchcase(n, pattern)
@@ -323,7 +364,8 @@ class Watcher:
                                          torch.zeros_like(shard, memory_format=torch.preserve_format)))
             kept.append(layer)
         self._layers = kept
-        self._layer_group = [next(s.group for s in self._slots if s.layer == i) for i in range(len(kept))]
+        if not kept and layers:
+            return  # _select or the loop above said why
         if not kept:
             warnings.warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
                           "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
@@ -337,9 +379,35 @@ class Watcher:
         self._recorder = Recorder([layer.name for layer in kept], [s.layer for s in self._slots], numel,
                                   self._family, self.every, skipped_total=self._recorder.skipped_total)
         self._notes()
+        self._adopt_optimizer_state()
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.load_state_dict(state)
+
+    def _adopt_optimizer_state(self) -> None:
+        """Start from the optimizer's state when it has stepped before normwatch saw it (no state_dict loaded).
+
+        Its momentum (SGD, LARS) or first moment (Adam) then holds gradients and, except for AdamW, weight
+        decay that normwatch never saw. The memory starts as that buffer: exact for AdamW (whose moment is
+        gradients alone); elsewhere the decay it holds counts as gradient, a share that decays as μᵏ, so the
+        shrink/growth split and grad_autocorr are withheld until μᵏ ≤ UNKNOWN_TOLERANCE. The rest is exact.
+        """
+        withheld = set()
+        for slot in self._slots:
+            state = self._optimizer.state.get(slot.param, {})
+            buffer = state.get("momentum_buffer") if self._family in ("sgd", "lars") else state.get("exp_avg")
+            if not isinstance(buffer, torch.Tensor):
+                continue
+            slot.memory.copy_(_dist.local(buffer))
+            if self._family != "adamw":
+                slot.unknown = 1.0
+                withheld.add(self._layers[slot.layer].name)
+        if withheld:
+            warnings.warn(f"normwatch: {type(self._optimizer).__name__} has momentum from steps normwatch did not see "
+                          "(attached mid-run, or resumed without normwatch's state_dict), so the shrink/growth/cross "
+                          f"split and grad_autocorr of {', '.join(sorted(withheld))} are withheld until that momentum "
+                          f"has decayed below {UNKNOWN_TOLERANCE:g}; every other metric is recorded.",
+                          RuntimeWarning, stacklevel=5)
 
     def _notes(self) -> None:
         """One line for each reason a theory tag will be missing."""
@@ -385,7 +453,7 @@ class Watcher:
             return
         optimizer = self._optimizer
         self._armed = True
-        self._step_now = int(self._step_fn()) if self._step_fn is not None else None
+        self._step_now = self._read_step()
         skip_aware = getattr(optimizer, "found_inf", None) is not None  # fused optimizer under a GradScaler
         self._recording = skip_aware or self._calls % self.every == 0
         self._recorder.filter_every = self._recorder.filter_every or (skip_aware and self.every > 1)
@@ -395,10 +463,28 @@ class Watcher:
             weights = [_dist.local(s.param.detach()) for s in self._slots]
             torch._foreach_copy_([s.snapshot for s in self._slots], weights)
 
+    def _read_step(self) -> int | None:
+        """step_fn's value for the step under way; on a failure or a non-int, one warning and normwatch's count."""
+        if self._step_fn is None:
+            return None
+        try:
+            return operator.index(self._step_fn())
+        except Exception as error:
+            self._step_fn = None
+            warnings.warn(f"normwatch: step_fn failed or returned no int ({type(error).__name__}: {error}); from now "
+                          "on the x axis counts optimizer steps.", RuntimeWarning, stacklevel=4)
+            return None
+
     @torch.compiler.disable
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         call, self._calls = self._calls, self._calls + 1  # every step counts, recorded or not
         armed, self._armed, self._in_step = self._armed, False, False
+        if not self._detected and self._warn_undetected:
+            self._warn_undetected = False
+            warnings.warn("normwatch: the optimizer stepped before any training-mode forward of the module it "
+                          "is attached to reached normwatch, so nothing is recorded yet: attach to the module "
+                          "the loop calls, in train() mode, and with torch.compile attach after compiling "
+                          "(normwatch.attach(torch.compile(model), optimizer)).", RuntimeWarning, stacklevel=2)
         if not armed:
             return
         found_inf = getattr(optimizer, "found_inf", None)
@@ -428,6 +514,8 @@ class Watcher:
                     rows.append(row.to(self._ring.device))
                 if before is not None:
                     v.copy_(torch.where(found_inf.reshape([1] * v.dim()) > 0, before, v))
+                slot.unknown *= hp.momentum  # v's old part decays as μ (β₁ for Adam) in advance_memory
+            withheld = frozenset(s.layer for s in self._slots if s.unknown > UNKNOWN_TOLERANCE)
             if not self._recording:
                 return
             rows = torch.stack(rows)
@@ -436,7 +524,7 @@ class Watcher:
             self._ring[self._n].copy_(rows)
             if found_inf is not None:
                 self._ring_skipped[self._n].copy_(found_inf.reshape(()))
-        self._meta.append((call, self._step_now, tuple(hypers[group] for group in self._layer_group), time.time()))
+        self._meta.append((call, self._step_now, tuple(hypers[s.group] for s in self._slots), time.time(), withheld))
         self._n += 1
         if self._n == self._flush_every:
             self._flush()
@@ -459,8 +547,8 @@ class Watcher:
         else:
             host_rows, host_skipped, ready = rows.clone(), skipped.clone(), (lambda: None)
         self._ring_skipped.zero_()
-        calls, steps, hypers, walltimes = (list(column) for column in zip(*meta))
-        self._sink.put(Batch(host_rows, host_skipped, calls, hypers, walltimes, ready, steps))
+        calls, steps, hypers, walltimes, withheld = (list(column) for column in zip(*meta))
+        self._sink.put(Batch(host_rows, host_skipped, calls, hypers, walltimes, ready, steps, withheld))
 
     def _to_points(self, batch: Batch) -> list[Any]:
         return self._recorder.points(batch)

@@ -201,8 +201,11 @@ def test_lightning_resumed_from_a_checkpoint_without_normwatch_state_keeps_the_a
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(_module(pl), DataLoader(batches, batch_size=None), ckpt_path=str(tmp_path / "a.ckpt"))
-    assert sum("resuming at step 2 without normwatch's state" in str(w.message) for w in caught) == 1
-    assert [s for s, _ in callback.watcher.history["normwatch/w_norm2/net.0"]] == [2, 3]
+    assert sum("momentum from steps normwatch did not see" in str(w.message) for w in caught) == 1
+    history = callback.watcher.history
+    assert [s for s, _ in history["normwatch/w_norm2/net.0"]] == [2, 3]
+    assert "normwatch/angle/net.0" in history  # split and autocorr wait for the restored momentum to decay
+    assert "normwatch/shrink/net.0" not in history and "normwatch/grad_autocorr/net.0" not in history
 
 
 def test_lightning_without_a_tensorboard_logger_writes_under_default_root_dir(tmp_path) -> None:
