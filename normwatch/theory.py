@@ -111,11 +111,12 @@ def sgd_lars_ratio(
 ) -> float:
     """Equilibrium ``lr·|g|/|w|`` of a scale-invariant group under torch.optim.SGD.
 
-    Leading order ``sqrt(2ηλ(1-μ)/(1-τ))`` (heavy ball and Nesterov alike; seed eq. 6 for μ = 0 and
-    eq. 7 for heavy ball, dampening per theory.md). Returned exactly (stationary second moments
+    Leading order ``sqrt(2ηλ(1-μ)/(1-τ))`` for heavy ball (seed eq. 6 for μ = 0 and eq. 7, dampening
+    per theory.md) and ``sqrt(2ηλ(1-μ)/(1-μτ))`` for Nesterov (derived here; the two agree at τ = 0,
+    the only dampening torch accepts with Nesterov). Returned exactly (stationary second moments
     of the toy, see the module docstring), e.g. heavy ball with dampening:
     ``sqrt(ηλ(1-μ)(2(1+μ) - η(1-τ)λ) / ((1-τ)(1+μ)))``, which for μ = 0 is theory.md's
-    ``sqrt(2ηλ - η²λ²)``. Nesterov: ``sqrt(x(1-μ+xμ)(2(1+μ) - x(1+2μ)) / (1+μ + xμ(1+2μ)))``,
+    ``sqrt(2ηλ - η²λ²)``. Nesterov, τ = 0: ``sqrt(x(1-μ+xμ)(2(1+μ) - x(1+2μ)) / (1+μ + xμ(1+2μ)))``,
     x = ηλ. With ``momentum == 0`` torch ignores dampening and nesterov, and so does this.
 
     Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters; the
@@ -251,29 +252,50 @@ def adam_l2_angle(lr: float, weight_decay: float, beta1: float, grad_rms: float)
     return sgd_angle(lr / grad_rms, weight_decay, beta1, beta1)
 
 
-def lars_ratio(lr: float) -> float:
+def _lars_ell(lr: float, momentum: float) -> float:
+    """ℓ = κ/sqrt(1+κ²), κ = λ|w|/|g|, of normwatch.optim.LARS at equilibrium (see ``lars_angle``).
+
+    The positive root of ``2ημℓ² + 2(1-μ²)ℓ - η(1+μ) = 0``; ``η/2`` for μ = 0.
+    """
+    lr = _check_nonneg("lr", lr)
+    momentum = _check_unit("momentum", momentum)
+    if momentum == 0.0:
+        return lr / 2.0
+    one_minus_mu_sq = 1.0 - momentum * momentum
+    disc = one_minus_mu_sq**2 + 2.0 * lr * lr * momentum * (1.0 + momentum)
+    # Root of 2ημℓ² + 2(1-μ²)ℓ - η(1+μ) = 0, written without cancellation.
+    return lr * (1.0 + momentum) / (one_minus_mu_sq + math.sqrt(disc))
+
+
+def lars_ratio(lr: float, momentum: float) -> float:
     """Equilibrium ``lr_eff·|g|/|w|`` under normwatch.optim.LARS, with ``lr_eff = lr·trust``.
 
-    ``lr·trust·|g|/|w| = η|g|/|g + λw| = η/sqrt(1 + κ²)`` with ``κ = λ|w|/|g|``; at equilibrium
-    ``κ ≈ η/(2(1-μ))`` for small η, so this is ``η`` up to a relative ``-κ²/2`` (0.05 % for
-    η = 0.006, μ = 0.9; exactly η when λ = 0; simulated 9 % below η at η = 0.1, μ = 0.9).
-    The LARS step size in scale-invariant units *is* its lr.
+    ``lr·trust·|g|/|w| = η|g|/|g + λw| = η/sqrt(1 + κ²) = η·sqrt(1 - ℓ²)`` with ``κ = λ|w|/|g|`` and
+    ``ℓ = κ/sqrt(1+κ²)`` the effective decay that equilibrium fixes (``lars_angle``:
+    ``2ημℓ² + 2(1-μ²)ℓ - η(1+μ) = 0``). Leading order η, i.e. the LARS step size in scale-invariant
+    units is its lr; the exact value is below it by a relative ``≈ η²/(8(1-μ)²)`` for small η
+    (0.5 % at η = 0.02, μ = 0.9; 9.1 % at η = 0.1, μ = 0.9). For μ = 0: ``η·sqrt(1 - η²/4)``.
 
-    Assumptions: w·g = 0, constant hyperparameters, ``η ≪ 2(1-μ)``.
+    Assumptions: weight decay λ > 0 (its value does not enter; with λ = 0 the ratio is exactly η
+    but there is no equilibrium), w·g = 0, gradients uncorrelated across steps, constant
+    hyperparameters; the per-step mean differs from this by O(1/C).
 
-    Source: seed eq. 4 (definition of LARS); correction derived here, checked by simulation in
-    tests/test_theory.py.
+    Source: seed eq. 4 (definition of LARS; leading order); exact form derived here (the heavy-ball
+    stationary ratio at decay ℓ equals ``η·sqrt(1 - ℓ²)``), checked against a state-space
+    computation and by simulation in tests/test_theory.py.
 
     Args:
         lr: LARS learning rate η (the seed's λ_LARS).
+        momentum: Momentum μ, ``0 <= μ < 1``.
 
     Returns:
-        The predicted ``lr·trust·|g|/|w|`` per step.
+        The predicted mean of ``lr·trust·|g|/|w|`` per step.
 
     Raises:
-        ValueError: ``lr < 0``.
+        ValueError: Out-of-range hyperparameters.
     """
-    return _check_nonneg("lr", lr)
+    ell = _lars_ell(lr, momentum)
+    return lr * math.sqrt((1.0 - ell) * (1.0 + ell))
 
 
 def lars_angle(lr: float, momentum: float) -> float:
@@ -304,17 +326,7 @@ def lars_angle(lr: float, momentum: float) -> float:
     Raises:
         ValueError: Out-of-range hyperparameters.
     """
-    lr = _check_nonneg("lr", lr)
-    momentum = _check_unit("momentum", momentum)
-    if lr == 0.0:
-        return 0.0
-    one_minus_mu_sq = 1.0 - momentum * momentum
-    if momentum == 0.0:
-        ell = lr / 2.0
-    else:
-        disc = one_minus_mu_sq**2 + 2.0 * lr * lr * momentum * (1.0 + momentum)
-        # Root of 2ημℓ² + 2(1-μ²)ℓ - η(1+μ) = 0, written without cancellation.
-        ell = lr * (1.0 + momentum) / (one_minus_mu_sq + math.sqrt(disc))
+    ell = _lars_ell(lr, momentum)
     return _angle_from_one_minus_cos(lr * ell / (1.0 + momentum))
 
 
@@ -405,7 +417,7 @@ def equilibrium(
     * ``"adamw"``: ``(None, adamw_angle)``; the ratio is not set by hyperparameters
       (it is ``ηG/|w|²`` with G the scale-free gradient norm). ``momentum`` is ignored.
     * ``"adam"`` (coupled L2): ``(None, adam_l2_angle)``; the angle needs ``grad_rms``.
-    * ``"lars"`` (normwatch.optim.LARS, ``lars=True`` groups): ``(lars_ratio(lr),
+    * ``"lars"`` (normwatch.optim.LARS, ``lars=True`` groups): ``(lars_ratio(lr, momentum),
       lars_angle(lr, momentum))``. Plain ``lars=False`` groups are heavy-ball SGD: use ``"sgd"``.
 
     ``None`` wherever no formula applies: ``weight_decay == 0`` for every family (no
@@ -444,6 +456,6 @@ def equilibrium(
             if grad_rms is None or not grad_rms > 0.0:
                 return None, None
             return None, adam_l2_angle(lr, weight_decay, beta1, grad_rms)
-        return lars_ratio(lr), lars_angle(lr, momentum)
+        return lars_ratio(lr, momentum), lars_angle(lr, momentum)
     except ValueError:
         return None, None

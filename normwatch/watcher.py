@@ -379,12 +379,12 @@ class Watcher:
         self._recorder = Recorder([layer.name for layer in kept], [s.layer for s in self._slots], numel,
                                   self._family, self.every, skipped_total=self._recorder.skipped_total)
         self._notes()
-        self._adopt_optimizer_state()
+        self._adopt_optimizer_state(self._pending_state["memory"] if self._pending_state else ())
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.load_state_dict(state)
 
-    def _adopt_optimizer_state(self) -> None:
+    def _adopt_optimizer_state(self, known: Sequence[str] = ()) -> None:
         """Start from the optimizer's state when it has stepped before normwatch saw it (no state_dict loaded).
 
         Its momentum (SGD, LARS) or first moment (Adam) then holds gradients and, except for AdamW, weight
@@ -394,6 +394,8 @@ class Watcher:
         """
         withheld = set()
         for slot in self._slots:
+            if slot.name in known:  # a state_dict about to be loaded restores this memory
+                continue
             state = self._optimizer.state.get(slot.param, {})
             buffer = state.get("momentum_buffer") if self._family in ("sgd", "lars") else state.get("exp_avg")
             if not isinstance(buffer, torch.Tensor):
@@ -479,7 +481,10 @@ class Watcher:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         call, self._calls = self._calls, self._calls + 1  # every step counts, recorded or not
         armed, self._armed, self._in_step = self._armed, False, False
-        if not self._detected and self._warn_undetected:
+        if not self._detected and getattr(self._model, "_compiled_call_impl", None) is not None:
+            # Module.compile() after attach traced the hook as a no-op: the next forward runs eagerly instead
+            self._compiled_call, self._model._compiled_call_impl = self._model._compiled_call_impl, None
+        elif not self._detected and self._warn_undetected:
             self._warn_undetected = False
             warnings.warn("normwatch: the optimizer stepped before any training-mode forward of the module it "
                           "is attached to reached normwatch, so nothing is recorded yet: attach to the module "

@@ -315,4 +315,8 @@ def test_lars_plain_groups_get_sgd_theory() -> None:
 
     watch, _ = _train(make)
     assert _value(watch.history, "lars_theory", "0", 2) == pytest.approx(math.sqrt(2 * lr * wd * (1 - mu)), rel=1e-3)
-    assert _value(watch.history, "lars_theory", "4", 2) == pytest.approx(lr)
+    assert _value(watch.history, "lars_theory", "4", 2) == pytest.approx(  # η·sqrt(1-ℓ²), ℓ: 2ημℓ² + 2(1-μ²)ℓ = η(1+μ)
+        lr
+        * math.sqrt(1 - ((math.sqrt((1 - mu**2) ** 2 + 2 * lr**2 * mu * (1 + mu)) - (1 - mu**2)) / (2 * lr * mu)) ** 2),
+        rel=1e-6,
+    )

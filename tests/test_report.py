@@ -30,6 +30,8 @@ from normwatch.report import (
     load_runs,
     write_report,
 )
+from normwatch.report.stats import relaxation_time
+from normwatch.report.window import schedule_drift
 from tests import report_fixtures as rf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +123,27 @@ def test_window_step_drop_closes_it_and_warmup_delays_it():
 def test_window_empty_says_why(wd: float, n: int, reason: str):
     win = equilibrium_window(np.arange(n), np.full(n, 0.1), np.full(n, wd), np.full(n, 0.9))
     assert win.empty and reason in win.reason
+
+
+def test_relaxation_time_only_for_decoupled_adam():
+    """AdamW: 1/(2ηλ) of |w|²; Adam with L2 decay relaxes at a gradient-RMS-dependent rate, so none."""
+    assert float(relaxation_time(0.01, 0.1, 0.9, family="adamw")) == pytest.approx(1 / (2 * 0.01 * 0.1))
+    assert np.isnan(relaxation_time([0.01, 0.02], 0.1, 0.9, family="adam")).all()
+    assert np.isnan(schedule_drift(np.arange(10), np.linspace(0.1, 0.01, 10), 0.1, 0.9, family="adam")).all()
+    win = equilibrium_window(np.arange(200), np.full(200, 0.01), np.full(200, 0.1), np.zeros(200), family="adam")
+    assert win.empty and "no relaxation-time formula" in win.reason
+
+
+def test_adam_l2_run_gets_no_window_and_says_why(tmp_path: Path):
+    path = tmp_path / "adam"
+    rf.sgd_run(path, part="sgdm", family="adam", **rf.SGDM)
+    (run,) = load_runs([path])
+    analysis = analyse([run])
+    assert run.family == "adam" and run.layers
+    for layer in run.layers:
+        win = analysis.window(run, layer)
+        assert win.empty and "Adam with L2 weight decay" in win.reason and "gradient RMS" in win.reason
+        assert math.isnan(win.tau_peak) and analysis.lag(run, layer) is None
 
 
 # ------------------------------------------------------------------------------ reading runs

@@ -396,6 +396,38 @@ def test_adamw_relaxation_is_slower_when_beta2_lags():
     assert fitted > 1.2 * tau
 
 
+def test_adamw_relaxation_does_not_apply_to_adam_l2():
+    """Why the report gives Adam with L2 decay no relaxation time: its steps have size η/RMS(g), so
+    the shrink term 2ηλ|w|²/RMS(g) ∝ |w|³ and |w|² relaxes in ~RMS(g*)/(3ηλ) steps, far below the
+    AdamW 1/(2ηλ) (β2 = 0.9 so that sqrt(v̂) keeps up)."""
+    settings = [(0.01, 0.01, 0.9), (0.003, 0.03, 0.0)]
+    w_star = [(lr * math.sqrt(C * G2) / (2 * wd)) ** (1 / 3) for lr, wd, _ in settings]  # theory.md
+
+    def make(groups):
+        return torch.optim.Adam(
+            [
+                {"params": ps, "lr": lr, "weight_decay": wd, "betas": (b1, 0.9)}
+                for ps, (lr, wd, b1) in zip(groups, settings, strict=True)
+            ],
+            eps=1e-30,
+        )
+
+    out = _simulate(
+        make,
+        [math.sqrt(3) * w for w in w_star],
+        [s[0] for s in settings],
+        rows=4,
+        steps=1500,
+        burn=1000,
+        track=True,
+        seed=7,
+    )
+    for i, (lr, wd, _) in enumerate(settings):
+        n2 = out["hist"][:, i].mean(dim=1)
+        fitted = _fit_time_constant(n2, n2[-500:].mean().item(), lo=0.1)
+        assert fitted < 0.1 * theory.adamw_relaxation_steps(lr, wd), (settings[i], fitted)
+
+
 # (lr, weight_decay, beta1); equilibrium θ 0.02-0.05, so |w| relaxes within ~100 steps
 ADAM_SETTINGS = [
     (0.01, 0.05, 0.9),
@@ -463,16 +495,38 @@ def test_lars_matches_simulation():
         make, norms, [s[0] for s in LARS_SETTINGS], rows=6, steps=2000, burn=burn, per_row=True, seed=5
     )
     _check("theta", out["theta"], [theory.lars_angle(lr, mu) for lr, _, mu in LARS_SETTINGS])
-    small = LARS_SETTINGS[:4]  # η/(2(1-μ)) <= 0.1
-    # lars_ratio(lr) = lr where η ≪ 2(1-μ) ...
-    _check("lr*trust*|g|/|w|", out["ratio"][:4], [theory.lars_ratio(lr) for lr, _, _ in small], tol=0.01)
-    # ... up to the docstring's factor 1/sqrt(1+κ²), κ ≈ lr/(2(1-μ)).
-    corrected = [lr / math.sqrt(1 + (lr / (2 * (1 - mu))) ** 2) for lr, _, mu in small]
-    _check("lr*trust*|g|/|w|", out["ratio"][:4], corrected)
-    # Outside that regime the leading forms fail (documented): ratio -9 %, angle -9 %.
+    _check("lr*trust*|g|/|w|", out["ratio"], [theory.lars_ratio(lr, mu) for lr, _, mu in LARS_SETTINGS])
+    # Where η/(2(1-μ)) is not small the leading forms fail (documented): ratio η -9 %, angle -9 %.
     lr, _, mu = LARS_SETTINGS[-1]
-    assert _rel(out["ratio"][-1].mean().item(), theory.lars_ratio(lr)) < -0.05
+    assert _rel(out["ratio"][-1].mean().item(), lr) < -0.05
     assert _rel(out["theta"][-1].mean().item(), lr / math.sqrt(1 - mu**2)) < -0.05
+
+
+def _lars_state_space(lr, mu):
+    """LARS at equilibrium as heavy ball with lr η and decay ℓ on the gradient |w|·sqrt(1-ℓ²)·ĝ.
+
+    ℓ = κ/sqrt(1+κ²) is fixed by self-consistency: the heavy-ball stationary E g²/E w² (unit g)
+    must be 1 - ℓ². Solved by bisection on the Lyapunov solution, not on a closed form.
+    Returns (ℓ, Σ, MΣ).
+    """
+
+    def excess(ell):
+        sigma, _ = _lyapunov(*_sgd_state_space(lr, ell, mu, 0.0, False))
+        return 1.0 / sigma[0, 0] - (1.0 - ell * ell)
+
+    lo, hi = 1e-12, 1.0 - 1e-12
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+    ell = 0.5 * (lo + hi)
+    return ell, *_lyapunov(*_sgd_state_space(lr, ell, mu, 0.0, False))
+
+
+@pytest.mark.parametrize(("lr", "mu"), [(0.006, 0.9), (0.02, 0.9), (0.1, 0.9), (0.05, 0.5), (0.05, 0.0), (0.3, 0.0)])
+def test_lars_closed_forms_match_state_space(lr, mu):
+    ell, sigma, cross = _lars_state_space(lr, mu)
+    assert theory.lars_ratio(lr, mu) == pytest.approx(lr * math.sqrt(1 - ell * ell), rel=1e-9)
+    assert theory.lars_angle(lr, mu) == pytest.approx(math.acos(cross[0, 0] / sigma[0, 0]), rel=1e-6)
 
 
 def test_lars_without_weight_decay_has_no_equilibrium():
@@ -493,7 +547,10 @@ def test_lars_without_weight_decay_has_no_equilibrium():
 
 
 def test_lars_closed_forms():
-    assert theory.lars_ratio(0.0063) == 0.0063
+    # μ = 0: ℓ = η/2 (2(1-0)ℓ = η), so the ratio is η·sqrt(1 - η²/4); leading order η for small η.
+    assert theory.lars_ratio(0.1, 0.0) == pytest.approx(0.1 * math.sqrt(1 - 0.1**2 / 4), rel=1e-12)
+    assert theory.lars_ratio(0.0063, 0.9) == pytest.approx(0.0063, rel=1e-3)
+    assert theory.lars_ratio(0.0, 0.9) == 0.0
     assert theory.lars_angle(0.01, 0.9) == pytest.approx(0.01 / math.sqrt(1 - 0.81), rel=2e-3)
     assert math.cos(theory.lars_angle(0.1, 0.0)) == pytest.approx(1 - 0.1**2 / 2, rel=1e-12)
     assert theory.lars_angle(0.0, 0.9) == 0.0
@@ -525,7 +582,7 @@ def test_equilibrium_dispatch():
         theory.adam_l2_angle(0.1, 5e-4, 0.9, 0.01),
     )
     assert theory.equilibrium("lars", **kw, momentum=0.9) == (
-        theory.lars_ratio(0.1),
+        theory.lars_ratio(0.1, 0.9),
         theory.lars_angle(0.1, 0.9),
     )
 
@@ -567,6 +624,7 @@ def test_relaxation_steps_edge_cases():
         (lambda: theory.adamw_angle(0.1, 0.1, 1.0), "Expected 0 <= beta1 < 1, got 1.0"),
         (lambda: theory.adam_l2_angle(0.1, 0.1, 0.9, 0.0), "Expected grad_rms > 0, got 0.0"),
         (lambda: theory.lars_angle(0.1, -0.5), "Expected 0 <= momentum < 1, got -0.5"),
+        (lambda: theory.lars_ratio(-0.1, 0.9), "Expected lr >= 0, got -0.1"),
         (lambda: theory.sgd_angle(10.0, 0.5), "No stationary state"),
     ],
 )

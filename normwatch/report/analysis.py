@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,16 @@ import numpy as np
 from normwatch.report.roles import Roles, pick_roles
 from normwatch.report.runs import Run, Series
 from normwatch.report.window import Window, equilibrium_window, schedule_drift
+
+#: Families without a relaxation time, so without an equilibrium window, and why (one line each).
+#: LARS rescales each step by |w|/|g + λw|, so the SGD relaxation time does not apply; the LARS
+#: claims are measured on the SGD run's window instead. Adam with L2 decay relaxes in
+#: ≈ σ*/(3ηλ) steps, σ* the equilibrium gradient RMS (:func:`~normwatch.report.stats.relaxation_time`).
+NO_RELAXATION_TIME = {
+    "lars": "no relaxation-time formula for LARS; its claims use the SGD run's window",
+    "adam": "no relaxation-time formula for Adam with L2 weight decay: it depends on the gradient RMS, "
+    "not on η, λ alone (AdamW's 1/(2ηλ) does not apply)",
+}
 
 
 @dataclass
@@ -56,11 +67,9 @@ def layer_windows(run: Run) -> tuple[dict[str, Window], dict[str, Series]]:
     """
     windows: dict[str, Window] = {}
     lags: dict[str, Series] = {}
-    if run.family == "lars":
-        # LARS rescales each step by |w|/|g + λw|, so the SGD relaxation time does not apply; the
-        # LARS claims are measured on the SGD run's window instead.
-        reason = "no relaxation-time formula for LARS; its claims use the SGD run's window"
-        return {layer: Window(None, None, reason=reason) for layer in run.layers}, lags
+    if run.family in NO_RELAXATION_TIME:
+        reason = NO_RELAXATION_TIME[run.family]
+        return {layer: Window(None, None, tau_peak=math.nan, reason=reason) for layer in run.layers}, lags
     cache: dict[bytes, tuple[Window, Series]] = {}
     for layer in run.layers:
         hyper = run.hyper(layer)

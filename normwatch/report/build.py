@@ -42,7 +42,8 @@ def default_out(run_dirs: Sequence[str | Path]) -> Path:
 WINDOW_TEXT = (
     "Equilibrium claims are measured on each layer's **equilibrium window**, computed from the logged "
     "lr η, weight decay λ and momentum μ at every step, with the relaxation time τ = (1−μ)/(4ηλ) steps "
-    "of |w|⁴ (`normwatch.theory.sgd_relaxation_steps`; 1/(2ηλ) for Adam and AdamW). (1) Warm-up ends at "
+    "of |w|⁴ (`normwatch.theory.sgd_relaxation_steps`; 1/(2ηλ) of |w|² for AdamW; none for LARS or for Adam "
+    "with L2 weight decay, whose τ depends on the gradient RMS, so they get no window). (1) Warm-up ends at "
     "t_peak, the first step where η reaches its maximum. "
     f"(2) The window opens at the first step by which k = {RELAXATION_TIMES:g} relaxation times have accrued "
     "after t_peak (Σ Δt/τ ≥ k; t_peak + kτ for constant hyperparameters), when the initial distance of |w|⁴ "
@@ -65,7 +66,7 @@ def _window_table(analysis: Analysis) -> Table:
             [
                 run.name,
                 str(win.peak_step) if win.peak_step is not None else "—",
-                f"{win.tau_peak:.4g}" if math.isfinite(win.tau_peak) else "∞",
+                f"{win.tau_peak:.4g}" if math.isfinite(win.tau_peak) else "—" if math.isnan(win.tau_peak) else "∞",
                 win.describe(),
                 f"{win.n_c:.0f}" if win.n_c is not None else "—",
             ]

@@ -80,10 +80,15 @@ def relaxation_time(
 
     for the SGD family (theory.md §3: the mean-field equation :math:`d|w|^4/dt = -4\eta_e\lambda
     |w|^4 + 2\eta_e^2G^2` with :math:`\eta_e = \eta(1-\tau_d)/(1-\mu)` relaxes at rate
-    :math:`1/\tau`), and :math:`1/(2\eta\lambda)` for ``"adam"`` / ``"adamw"`` (|w|² under
-    decoupled decay). The formulas live in :mod:`normwatch.theory`
-    (``sgd_relaxation_steps``, ``adamw_relaxation_steps``); this applies them step by step. Unknown
-    families use the SGD form.
+    :math:`1/\tau`), and :math:`1/(2\eta\lambda)` for ``"adamw"`` (|w|² under decoupled decay).
+    The formulas live in :mod:`normwatch.theory` (``sgd_relaxation_steps``,
+    ``adamw_relaxation_steps``); this applies them step by step. Unknown families use the SGD form.
+
+    ``"adam"`` (coupled L2 decay) gets NaN: its steps have size η/RMS(g), so the shrink term
+    :math:`2\eta\lambda|w|^2/\mathrm{RMS}(g) \propto |w|^3` and |w|² relaxes in
+    :math:`\approx \sigma^*/(3\eta\lambda)` steps, with :math:`\sigma^*` the equilibrium gradient RMS
+    (pure-noise toy, derived here; simulated 25–60× faster than :math:`1/(2\eta\lambda)` in
+    tests/test_theory.py), which the hyperparameters do not fix.
 
     Args:
         lr: learning rate η per step.
@@ -93,7 +98,8 @@ def relaxation_time(
         family: normwatch's optimizer family.
 
     Returns:
-        τ per step; ``inf`` where ηλ = 0 (no equilibrium) or the hyperparameters admit none.
+        τ per step; ``inf`` where ηλ = 0 (no equilibrium) or the hyperparameters admit none; NaN
+        everywhere for ``"adam"``.
 
     Example:
         >>> round(float(relaxation_time(0.4, 5e-4, 0.9)), 9)
@@ -106,12 +112,14 @@ def relaxation_time(
         np.asarray(weight_decay, dtype=np.float64),
         np.asarray(momentum, dtype=np.float64),
     )
+    if family == "adam":
+        return np.full(eta.shape, np.nan)
     rows = np.stack([eta.ravel(), lam.ravel(), mu.ravel()], axis=-1)
     combos, inverse = np.unique(rows, axis=0, return_inverse=True)
     taus = np.empty(len(combos))
     for i, (e, la, m) in enumerate(combos):
         try:
-            if family in ("adam", "adamw"):
+            if family == "adamw":
                 taus[i] = theory.adamw_relaxation_steps(float(e), float(la))
             else:
                 taus[i] = theory.sgd_relaxation_steps(float(e), float(la), float(m), dampening)

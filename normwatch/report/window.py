@@ -5,8 +5,8 @@ t, the relaxation time of |w|⁴ is
 
 .. math:: \tau_t = \frac{1-\mu_t}{4\,\eta_t\,\lambda_t} \text{ steps}
 
-(with dampening τ_d, η becomes η(1 − τ_d); Adam and AdamW use 1/(2ηλ): see
-:func:`~normwatch.report.stats.relaxation_time`).
+(with dampening τ_d, η becomes η(1 − τ_d); AdamW uses 1/(2ηλ), and Adam with L2 decay has no
+window, its τ depending on the gradient RMS: see :func:`~normwatch.report.stats.relaxation_time`).
 
 1. **End of warm-up**, t_peak: the first logged step where η_t ≥ (1 − 10⁻⁴)·max η.
 2. **Start**, t_a: the first logged step t ≥ t_peak by which k = :data:`RELAXATION_TIMES`
@@ -99,7 +99,7 @@ def schedule_drift(
 
     .. math:: \delta_t = \tau_t\,\frac{d}{dt}\ln T_t, \qquad
         T = \frac{\eta}{\lambda(1-\mu)} \ (\text{SGD family: } |w^*|^4 \propto T), \quad
-        T = \frac{\eta}{\lambda} \ (\text{Adam, AdamW: } |w^*|^2 \propto T)
+        T = \frac{\eta}{\lambda} \ (\text{AdamW: } |w^*|^2 \propto T)
 
     (derivative by central differences over the logged steps). The norm relaxes as
     :math:`\dot x = -(x - x^*)/\tau` with x = |w|⁴ (|w|² for AdamW), so a norm that follows its target
@@ -121,7 +121,7 @@ def schedule_drift(
         family: normwatch's optimizer family.
 
     Returns:
-        δ per step; NaN where η or λ is not positive (no target).
+        δ per step; NaN where η or λ is not positive (no target), and for ``"adam"`` (no τ).
 
     Example:
         Linear decay η_t = 0.4(100 − t)/100 at t = 50: τ = 1/(4·0.2·0.05) = 25 and d ln η/dt = −1/50.
@@ -137,7 +137,7 @@ def schedule_drift(
     tau = relaxation_time(eta, lam, mu, dampening, family)
     with np.errstate(divide="ignore", invalid="ignore"):
         target = np.log(eta) - np.log(lam)
-        if family not in ("adam", "adamw"):
+        if family != "adamw":
             target = target - np.log1p(-mu)
         target = np.where((eta > 0) & (lam > 0) & (mu < 1), target, np.nan)
         drift = np.gradient(target, t) if t.size >= 2 else np.full(t.shape, np.nan)
@@ -163,8 +163,8 @@ def equilibrium_window(
         weight_decay: λ at those steps.
         momentum: μ at those steps.
         dampening: SGD dampening τ_d (scales η in τ).
-        family: normwatch's optimizer family; ``"adam"`` / ``"adamw"`` use τ = 1/(2ηλ) and the
-            target |w*|² ∝ η/λ.
+        family: normwatch's optimizer family; ``"adamw"`` uses τ = 1/(2ηλ) and the target
+            |w*|² ∝ η/λ; ``"adam"`` (L2 decay) has no τ formula, so its window is empty.
         k: relaxation times to wait after warm-up.
         margin: c in the tracking condition.
 
@@ -184,6 +184,8 @@ def equilibrium_window(
         return Window(None, None, reason="fewer than 3 logged steps with a positive lr")
     peak = int(np.argmax(eta >= (1.0 - PEAK_RTOL) * np.max(eta)))
     tau = relaxation_time(eta, lam, mu, dampening, family)
+    if np.isnan(tau).all():
+        return Window(None, None, tau_peak=math.nan, reason=f"no relaxation-time formula for family {family!r}")
     tau_peak = float(tau[peak])
     n_c = _n_c(t, eta, lam, mu, peak)
     base = {"peak_step": int(t[peak]), "tau_peak": tau_peak, "n_c": n_c}

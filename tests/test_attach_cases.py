@@ -1,0 +1,309 @@
+"""Attaching where real code does: mid-run, around torch.compile, to forwards that fail or draw random numbers,
+to layers whose tensors sit in different param groups. Each case against a run that needs no special handling."""
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normwatch
+from normwatch import watcher as watcher_module
+from tests.models import assert_same_history
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+def _batches(n: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(n)]
+
+
+def _step(model, opt, x, y) -> None:
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def _messages(caught) -> list[str]:
+    return [str(w.message) for w in caught if str(w.message).startswith("normwatch")]
+
+
+# -- attached mid-run ---------------------------------------------------------------------------------------
+OPTIMIZERS = {
+    "sgd-nesterov": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, nesterov=True, weight_decay=5e-3), 0.5),
+    "adam-l2": (lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.5, 0.999), weight_decay=1e-2), 0.5),
+    "adamw": (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=5e-2), None),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_attaching_mid_run_withholds_only_what_the_optimizer_state_hides(tmp_path, name) -> None:
+    """Attached after 6 steps: every value equals the run attached from step 0. The split and grad_autocorr,
+    which need the momentum's gradient-only part, start once the unseen part weighs μᵏ ≤ 1e-6 (AdamW's moment
+    is gradients alone: nothing waits)."""
+    make, mu = OPTIMIZERS[name]
+    batches, late = _batches(30), 6
+    runs = {}
+    for start in (0, late):
+        model = _model()
+        opt = make(model.parameters())
+        step = [0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for i, (x, y) in enumerate(batches):
+                if i == start:
+                    watch = normwatch.attach(model, opt, logdir=str(tmp_path / str(start)), keep_history=True,
+                                             step_fn=lambda step=step: step[0])
+                _step(model, opt, x, y)
+                step[0] += 1
+            watch.close()
+        runs[start] = watch.history, _messages(caught)
+    (full, _), (partial, messages) = runs[0], runs[late]
+    withheld = [m for m in messages if "momentum from steps normwatch did not see" in m]
+    assert len(withheld) == (0 if mu is None else 1)
+    first = late if mu is None else late + next(k for k in range(100) if mu ** (k + 1) <= 1e-6)
+    for tag, points in partial.items():
+        metric = tag.split("/")[1]
+        if metric == "w_norm2_rel":  # |w|²/|w_0|², w_0 the weight at attach by definition
+            continue
+        steps = [s for s, _ in points]
+        if metric in ("shrink", "growth", "cross", "grad_autocorr"):
+            assert steps == list(range(first, 30)), tag
+        else:
+            assert steps == list(range(late, 30)), tag
+        expected = dict(full[tag])
+        for s, value in points:
+            assert value == pytest.approx(expected[s], rel=1e-4, abs=1e-7 * max(1.0, abs(expected[s]))), (tag, s)
+
+
+def test_resumed_state_dict_needs_no_withholding(tmp_path) -> None:
+    """With normwatch's own state the memory is known: no warning, the split from the first resumed step."""
+    model, batches = _model(), _batches(6)
+    opt = OPTIMIZERS["sgd-nesterov"][0](model.parameters())
+    with normwatch.attach(model, opt, logdir=str(tmp_path / "a")) as watch:
+        for x, y in batches[:3]:
+            _step(model, opt, x, y)
+        state = watch.state_dict()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path / "b"), keep_history=True) as watch:
+            watch.load_state_dict(state)
+            for x, y in batches[3:]:
+                _step(model, opt, x, y)
+    assert not [m for m in _messages(caught) if "did not see" in m]
+    assert [s for s, _ in watch.history["normwatch/shrink/0"]] == [3, 4, 5]
+
+
+# -- torch.compile around an attached model -----------------------------------------------------------------
+def _eager_history(tmp_path, batches) -> dict:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with normwatch.attach(model, opt, logdir=str(tmp_path / "eager"), keep_history=True) as watch:
+        for x, y in batches:
+            _step(model, opt, x, y)
+    return watch.history
+
+
+@pytest.mark.parametrize("order", ["attach-then-compile", "compile-run-then-attach"])
+def test_module_compile_in_place_is_recorded_in_either_order(tmp_path, order) -> None:
+    """Module.compile() compiles __call__, hooks included: normwatch sets it aside until detection is done."""
+    torch._dynamo.reset()
+    batches = _batches(4)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    if order == "attach-then-compile":  # the first forward runs compiled, the hook in it a no-op: step 0 is lost
+        watch = normwatch.attach(model, opt, logdir=str(tmp_path / "c"), keep_history=True)
+        model.compile(backend="eager")
+    else:
+        model.compile(backend="eager")
+        _step(model, opt, *batches[0])  # compiled once without normwatch
+        model.load_state_dict(_model().state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+        watch = normwatch.attach(model, opt, logdir=str(tmp_path / "c"), keep_history=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for x, y in batches:
+            _step(model, opt, x, y)
+        watch.close()
+    assert len(_messages(caught)) == (order == "attach-then-compile")  # step 0's momentum went unseen
+    assert model._compiled_call_impl is not None  # compiled again after detection, and after close
+    assert [layer.name for layer in watch.layers] == ["0", "4"]
+    expected = _eager_history(tmp_path, batches)
+    if order == "attach-then-compile":
+        unseen = ("w_norm2_rel", "shrink", "growth", "cross", "grad_autocorr")  # step 0's momentum went unseen
+        expected = {tag: points[1:] for tag, points in expected.items() if tag.split("/")[1] not in unseen}
+        assert [s for s, _ in watch.history["normwatch/w_norm2/0"]] == [1, 2, 3]
+    assert_same_history({tag: points for tag, points in watch.history.items() if tag in expected}, expected,
+                        rel=1e-5, abs=1e-7)
+
+
+def test_a_model_compiled_after_attach_trains_as_without_and_says_why_nothing_is_recorded(tmp_path) -> None:
+    """torch.compile(model, fullgraph=True) after attach traces normwatch's forward hook: it must be a no-op
+    there (a graph break would fail fullgraph) and the first step says what to do instead."""
+    torch._dynamo.reset()
+    batches = _batches(3)
+    weights = {}
+    for watched in (False, True):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+        watch = normwatch.attach(model, opt, logdir=str(tmp_path)) if watched else None
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for x, y in batches:
+                _step(compiled, opt, x, y)
+        if watch:
+            watch.close()
+            messages = _messages(caught)
+            assert len(messages) == 1 and "normwatch.attach(torch.compile(model), optimizer)" in messages[0]
+        weights[watched] = model.state_dict()
+    for (name, a), b in zip(weights[False].items(), weights[True].values()):
+        assert torch.equal(a, b), name
+
+
+# -- forwards that fail, run in eval mode, or draw random numbers ---------------------------------------------
+def test_detection_retries_after_a_failing_first_forward(tmp_path) -> None:
+    batches = _batches(3)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path / "a"), keep_history=True) as watch:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(16, 4, 8, 8))  # a wrong batch: the user's forward fails too
+            for x, y in batches:
+                _step(model, opt, x, y)
+    messages = _messages(caught)
+    assert len(messages) == 1 and "tries again on the next training forward" in messages[0]
+    assert [s for s, _ in watch.history["normwatch/w_norm2/0"]] == [0, 1, 2]
+
+
+def test_detection_gives_up_after_failing_three_times(tmp_path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer bug")
+
+    monkeypatch.setattr(watcher_module, "scan", broken)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path)) as watch:
+            for x, y in _batches(5):
+                _step(model, opt, x, y)
+    messages = _messages(caught)
+    assert sum("could not trace" in m for m in messages) == 2 and "nothing will be recorded" in messages[-1]
+    assert model._forward_pre_hooks == {} and watch.layers == []
+
+
+def test_a_model_only_called_in_eval_mode_says_so_at_the_first_step(tmp_path) -> None:
+    model = _model().eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path)):
+            for x, y in _batches(3):
+                _step(model, opt, x, y)
+    messages = _messages(caught)
+    assert len(messages) == 1 and "in train() mode" in messages[0]
+
+
+class _RandomForward(nn.Module):
+    """Noise from Python's and NumPy's global generators in the forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _model()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x * random.uniform(0.5, 1.5) + float(np.random.standard_normal()))
+
+
+def test_detection_leaves_python_and_numpy_random_state_as_it_was(tmp_path) -> None:
+    weights = {}
+    for watched in (False, True):
+        random.seed(0)
+        np.random.seed(0)
+        model = _RandomForward()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+        watch = normwatch.attach(model, opt, logdir=str(tmp_path)) if watched else None
+        for x, y in _batches(3):
+            _step(model, opt, x, y)
+        if watch:
+            watch.close()
+        weights[watched] = model.state_dict(), random.random(), np.random.random()
+    assert weights[False][1:] == weights[True][1:]
+    for (name, a), b in zip(weights[False][0].items(), weights[True][0].values()):
+        assert torch.equal(a, b), name
+
+
+def test_closing_from_an_earlier_forward_pre_hook_does_not_break_the_forward(tmp_path) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    watch = normwatch.attach(model, opt, logdir=str(tmp_path))
+    model.register_forward_pre_hook(lambda module, args: watch.close(), prepend=True)
+    _step(model, opt, *_batches(1)[0])  # torch already holds normwatch's hook for this call
+    assert watch.layers == []
+
+
+# -- step_fn -------------------------------------------------------------------------------------------------
+def test_step_fn_must_be_callable_and_a_failing_one_falls_back_to_counting(tmp_path) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with pytest.raises(TypeError, match="step_fn"):
+        normwatch.attach(model, opt, step_fn=5)
+    values = iter([10, None])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True,
+                              step_fn=lambda: next(values)) as watch:
+            for x, y in _batches(3):
+                _step(model, opt, x, y)
+    assert sum("step_fn failed or returned no int" in m for m in _messages(caught)) == 1
+    assert [s for s, _ in watch.history["normwatch/w_norm2/0"]] == [10, 1, 2]
+
+
+# -- one layer, several param groups --------------------------------------------------------------------------
+def test_a_layer_across_param_groups_gets_each_tensors_lr_and_no_theory(tmp_path) -> None:
+    """Layer 4 is GroupNorm-normalised: weight and bias are rescaled together. Its bias in a no-decay group
+    with another lr: lars_ratio = |(η₁g_w, η₂g_b)|/|(w, b)|, and no equilibrium formula applies."""
+    model = _model()
+    bias = model[4].bias
+    rest = [p for p in model.parameters() if p is not bias]
+    opt = torch.optim.SGD([{"params": rest}, {"params": [bias], "lr": 0.2, "weight_decay": 0.0}], lr=0.05,
+                          momentum=0.9, weight_decay=5e-3)
+    expected = []
+    with pytest.warns(UserWarning, match="weight_decay=0"), \
+            normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
+        for x, y in _batches(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            w, b = model[4].weight.detach().double(), bias.detach().double()
+            gw, gb = model[4].weight.grad.double(), bias.grad.double()
+            step = torch.cat([0.05 * gw.flatten(), 0.2 * gb.flatten()])
+            expected.append((step.norm() / torch.cat([w.flatten(), b.flatten()]).norm()).item())
+            opt.step()
+    history = watch.history
+    assert [v for _, v in history["normwatch/lars_ratio/4"]] == pytest.approx(expected, rel=1e-5)
+    assert "normwatch/lars_theory/4" not in history and "normwatch/lars_theory/0" in history
+
+
+def test_a_layer_whose_tensors_do_not_all_get_a_gradient_is_skipped_with_a_warning(tmp_path) -> None:
+    model = _model()
+    model[4].bias.requires_grad_(False)  # weight and bias are only invariant together
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
+            for x, y in _batches(3):
+                _step(model, opt, x, y)
+    assert sum("some of them got no gradient" in m for m in _messages(caught)) == 1
+    assert "normwatch/w_norm2/4" not in watch.history and len(watch.history["normwatch/w_norm2/0"]) == 3
