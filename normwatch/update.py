@@ -77,7 +77,8 @@ def hyper(family: Family, group: dict[str, Any], default_beta: float = DEFAULT_E
         nesterov = bool(group.get("nesterov", False))
         rule: Family = "sgd" if family == "lars" and group.get("lars") is False else family
         return Hyper(rule, lr, weight_decay, momentum, dampening, nesterov, momentum if momentum > 0 else default_beta)
-    return Hyper(family, lr, weight_decay, 0.0, 0.0, False, default_beta)
+    momentum = group.get("momentum", group.get("betas", (0.0,))[0])  # RMSprop's momentum, NAdam's β₁, ...
+    return Hyper(family, lr, weight_decay, float(momentum or 0.0), 0.0, False, default_beta)
 
 
 def mirrors_momentum(family: Family, hp: Hyper) -> bool:

@@ -320,3 +320,13 @@ def test_lars_plain_groups_get_sgd_theory() -> None:
         * math.sqrt(1 - ((math.sqrt((1 - mu**2) ** 2 + 2 * lr**2 * mu * (1 + mu)) - (1 - mu**2)) / (2 * lr * mu)) ** 2),
         rel=1e-6,
     )
+
+
+def test_unknown_optimizers_log_their_own_momentum() -> None:
+    """The `momentum` tag reads the group's value for any optimizer: RMSprop's momentum, NAdam's β₁."""
+    with pytest.warns(UserWarning, match="no theory applies"):
+        rms, _ = _train(lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-3, momentum=0.7, weight_decay=1e-2))
+    with pytest.warns(UserWarning, match="no theory applies"):
+        nadam, _ = _train(lambda m: torch.optim.NAdam(m.parameters(), lr=1e-3, betas=(0.8, 0.99)))
+    assert {v for _, v in rms.history["normwatch/momentum/0"]} == {pytest.approx(0.7)}
+    assert {v for _, v in nadam.history["normwatch/momentum/0"]} == {pytest.approx(0.8)}
