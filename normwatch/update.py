@@ -11,7 +11,7 @@ family      update (PyTorch's own, η = lr, λ = weight_decay)              weig
 ==========  ===========================================================  ===================================
 sgd         b ← μb + (1−τ)(g+λw) (b₁ = g+λw); d = b, or g+λw+μb (Nesterov)  −η·(b − v), or −η·(λw + μ(b − v));
             w ← w − ηd                                                     −ηλw without momentum
-adam        m ← β₁m + (1−β₁)(g+λw); w ← w − η·m̂/(√v̂+ε)                    u ⊙ (m − v)/m (same denominator)
+adam        m ← β₁m + (1−β₁)(g+λw); w ← w − η·m̂/(√v̂+ε)                    −η·(m − v)/(1−β₁ᵗ)/(√v̂+ε)
 adamw       w ← (1−ηλ)w − η·m̂/(√v̂+ε)                                      −ηλw
 lars        d = g+λw; b ← μb + t·d (b₁ = t·d), t = |w|/|d|; w ← w − ηb       −η·(b − v)
 unknown     anything else                                                   (no split)
@@ -36,7 +36,8 @@ class Hyper:
     """One parameter group's hyperparameters at one step.
 
     ``momentum`` is SGD's/LARS's μ or Adam's β₁; ``ema_beta`` is the decay of normwatch's gradient memory;
-    ``family`` is the rule the group follows (a LARS group with ``"lars": False`` is plain SGD).
+    ``family`` is the rule the group follows (a LARS group with ``"lars": False`` is plain SGD); ``beta2``,
+    ``eps`` and ``amsgrad`` are Adam's (for Adam+L2's split).
     """
 
     family: Family
@@ -46,6 +47,9 @@ class Hyper:
     dampening: float
     nesterov: bool
     ema_beta: float
+    beta2: float = 0.0
+    eps: float = 0.0
+    amsgrad: bool = False
 
 
 def family_of(optimizer: torch.optim.Optimizer) -> Family:
@@ -69,8 +73,9 @@ def hyper(family: Family, group: dict[str, Any], default_beta: float = DEFAULT_E
     lr = float(lr) if not isinstance(lr, torch.Tensor) else lr.detach().clone()  # read later, on the writer thread
     weight_decay = float(group.get("weight_decay", 0.0) or 0.0)
     if family in ("adam", "adamw"):
-        beta1 = float(group["betas"][0])
-        return Hyper(family, lr, weight_decay, beta1, 0.0, False, beta1)
+        beta1, beta2 = (float(beta) for beta in group["betas"])
+        return Hyper(family, lr, weight_decay, beta1, 0.0, False, beta1, beta2, float(group["eps"]),
+                     bool(group.get("amsgrad", False)))
     if family in ("sgd", "lars"):
         momentum = float(group.get("momentum", 0.0) or 0.0)
         dampening = float(group.get("dampening", 0.0) or 0.0) if family == "sgd" else 0.0
@@ -118,8 +123,9 @@ def decay_part(family: Family, hp: Hyper, state: dict[str, Any], w_prev: torch.T
         if hp.nesterov:
             return (w_prev * wd).add_(decay_buffer, alpha=hp.momentum).mul_(-lr)
         return decay_buffer.mul_(-lr)
-    if family == "adam":
-        m = state["exp_avg"]
-        ratio = torch.where(m != 0, (m - v) / m, torch.zeros_like(m))
-        return u * ratio
+    if family == "adam":  # Adam's step on m's decay share m − v: −η/(1−β₁ᵗ) · (m − v)/(√(v̂₂/(1−β₂ᵗ)) + ε)
+        step = state["step"]  # t, after this step; a tensor, on the device for fused/capturable Adam
+        second = state["max_exp_avg_sq"] if hp.amsgrad else state["exp_avg_sq"]
+        denom = (second.sqrt() / torch.sqrt(1 - hp.beta2 ** step)).add_(hp.eps)
+        return (state["exp_avg"] - v).div_(denom).mul_(-hp.lr / (1 - hp.momentum ** step))
     return None

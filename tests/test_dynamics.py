@@ -62,11 +62,12 @@ class Reference:
     """Float64 shadow bookkeeping for one tensor: returns (u_wd, u_g, v_{t-1}) for each step."""
 
     def __init__(self, family: str, lr: float, wd: float, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 amsgrad: bool = False) -> None:
         self.family, self.lr, self.wd, self.mu, self.tau, self.nesterov = family, lr, wd, momentum, dampening, nesterov
-        self.b1, self.b2, self.eps = betas[0], betas[1], eps
+        self.b1, self.b2, self.eps, self.amsgrad = betas[0], betas[1], eps, amsgrad
         self.t = 0
-        self.b_g = self.b_wd = self.m_g = self.m_wd = self.v2 = self.ema = None
+        self.b_g = self.b_wd = self.m_g = self.m_wd = self.v2 = self.v2_max = self.ema = None
 
     def step(self, w: torch.Tensor, g: torch.Tensor, sibling_norms: tuple[float, float] | None = None):
         self.t += 1
@@ -80,7 +81,8 @@ class Reference:
             self.m_g = self.b1 * self.m_g + (1 - self.b1) * g
             self.m_wd = self.b1 * self.m_wd + (1 - self.b1) * decay
             self.v2 = self.b2 * self.v2 + (1 - self.b2) * (g + decay) ** 2
-            denom = (self.v2 / (1 - self.b2**self.t)).sqrt() + self.eps
+            self.v2_max = self.v2 if self.v2_max is None else torch.maximum(self.v2_max, self.v2)
+            denom = ((self.v2_max if self.amsgrad else self.v2) / (1 - self.b2**self.t)).sqrt() + self.eps
             u_g = -lr * self.m_g / (1 - self.b1**self.t) / denom
             u_wd = -lr * self.m_wd / (1 - self.b1**self.t) / denom
             if self.family == "adamw":
@@ -330,3 +332,17 @@ def test_unknown_optimizers_log_their_own_momentum() -> None:
         nadam, _ = _train(lambda m: torch.optim.NAdam(m.parameters(), lr=1e-3, betas=(0.8, 0.99)))
     assert [v for _, v in rms.history["normwatch/momentum/0"]] == pytest.approx([0.7] * STEPS)
     assert [v for _, v in nadam.history["normwatch/momentum/0"]] == pytest.approx([0.8] * STEPS)
+
+
+@pytest.mark.parametrize("lr", [1e-4, 1e-5])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_l2_shrink_stays_exact_at_small_learning_rates(lr, amsgrad) -> None:
+    """Adam+L2's decay part comes from Adam's own terms, −η·m_wd/(1−β₁ᵗ)/denom, not from the stored update,
+    whose float32 rounding would dominate where |m| is small."""
+    wd = 1e-2
+    watch, captured = _train(lambda m: torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd, amsgrad=amsgrad))
+    reference = _reference_metrics(captured, _refs("adam", lr=lr, wd=wd, amsgrad=amsgrad), lr)
+    for step, expected in enumerate(reference):
+        for layer in LAYERS:
+            want = expected[layer]["shrink"]
+            assert _value(watch.history, "shrink", layer, step) == pytest.approx(want, rel=1e-4), (layer, step)
