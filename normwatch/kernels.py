@@ -61,11 +61,15 @@ def fused_tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Ten
     global _compile_failed
     if not recording or _compile_failed or (first and update.mirrors_momentum(family, hp)):
         return tensor_step(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
+    args = _flat(w_prev, w_next, g, v, state)
+    if args is not None:  # every tensor dense and alike: 1-D views, one graph for every shape
+        w_prev, w_next, g, v, state = args
     config = (family, hp.family, hp.momentum > 0, hp.dampening > 0, hp.nesterov, isinstance(hp.lr, torch.Tensor),
-              trust is None, tuple(sorted(state)), v.dim(), v.dtype, g.dtype, v.device.type,
-              all(stats.dense_same_layout(t, v) for t in (w_prev, w_next, g)))
-    try:
-        return _compiled(config)(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
+              hp.amsgrad, trust is None, tuple(sorted(state)), v.dim(), v.dtype, g.dtype, v.device.type,
+              args is not None)
+    try:  # a user's error_on_recompile is about their graphs; ours compiles once per range of sizes
+        with torch._dynamo.config.patch(error_on_recompile=False):
+            return _compiled(config)(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
     except Exception as error:  # a compiler failure must not stop training
         _compile_failed = True
         reason = (str(error).strip().splitlines() or [""])[0]
@@ -75,3 +79,22 @@ def fused_tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Ten
 
 
 _compile_failed = False
+
+
+def _flat(w_prev: torch.Tensor, w_next: torch.Tensor, g: torch.Tensor, v: torch.Tensor,
+          state: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The arguments as 1-D views in memory order when the tensors (and the optimizer's per-element state)
+    share v's dense layout, else None. The step is elementwise work and sums, so the order does not matter,
+    and a 1-D graph with a dynamic length serves every tensor: no recompile from one shape to the next."""
+    per_element = {k: t for k, t in state.items() if isinstance(t, torch.Tensor) and t.shape == v.shape}
+    if not all(stats.dense_same_layout(t, v) for t in (w_prev, w_next, g, *per_element.values())):
+        return None
+    return (_alias_1d(w_prev), _alias_1d(w_next), _alias_1d(g), _alias_1d(v),
+            {**state, **{k: _alias_1d(t) for k, t in per_element.items()}})
+
+
+def _alias_1d(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements in memory order, as a 1-D tensor on the same storage. Not a view: the
+    compiler would guard on the base's shape (and recompile for the next one)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(),
+                                                                (t.numel(),), (1,))

@@ -133,6 +133,26 @@ def test_fused_falls_back_to_eager_with_one_warning_when_compiling_fails(tmp_pat
     assert runs[True].history == runs[False].history  # the same eager computation, every step recorded
 
 
+def test_fused_statistics_compile_once_for_every_tensor_shape(tmp_path) -> None:
+    """3×3 and 1×1 convs, a linear layer: under error_on_recompile the fused path must not fall back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6 * 64, 12, bias=False), nn.BatchNorm1d(12), nn.Linear(12, 5))
+    plain = copy.deepcopy(model)
+    histories = []
+    for net, fused in ((plain, False), (model, True)):
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+        with warnings.catch_warnings(), torch._dynamo.config.patch(error_on_recompile=True):
+            warnings.filterwarnings("error", message="normwatch: torch.compile")
+            with normwatch.attach(net, opt, logdir=str(tmp_path / str(fused)), fused=fused,
+                                  keep_history=True) as watch:
+                _train(net, opt, _batches(4))
+        histories.append(watch.history)
+    assert len(watch.layers) == 3
+    assert_same_history(histories[1], histories[0], rel=1e-5, abs=1e-7)
+
+
 def test_close_removes_every_hook_and_is_idempotent(tmp_path) -> None:
     model, batches = _model(), _batches(3)
     opt = _sgd(model)
