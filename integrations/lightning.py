@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 import normwatch
+from normwatch._warn import warn
 
 from ._imports import check_options, import_first, resume_at
 
@@ -117,10 +117,10 @@ class _Normwatch:
         if not self._warn:
             return
         name = f"`pl_module.{self.module}`" if self.module else "the LightningModule's forward (`self(x)`)"
-        warnings.warn(f"{type(self).__name__}: training_step did not call {name} in training mode, so normwatch "
+        warn(f"{type(self).__name__}: training_step did not call {name} in training mode, so normwatch "
                       "cannot find the scale-invariant layers and records nothing. Call it in training_step, or "
                       "pass NormwatchCallback(module='<name>') naming the submodule training_step calls.",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning)
 
     def on_train_end(self, trainer: Any, pl_module: nn.Module) -> None:
         self._close()
@@ -179,8 +179,7 @@ class _Normwatch:
     def _optimizer(self, trainer: Any) -> torch.optim.Optimizer | None:
         optimizers = trainer.optimizers
         if not optimizers:
-            warnings.warn(f"{type(self).__name__}: the trainer has no optimizer; nothing to watch.", RuntimeWarning,
-                          stacklevel=3)
+            warn(f"{type(self).__name__}: the trainer has no optimizer; nothing to watch.", RuntimeWarning)
             return None
         if self.optimizer_index is None:
             if len(optimizers) != 1:

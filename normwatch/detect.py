@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_map
 
 from normwatch import _dist
+from normwatch._warn import warn
 from normwatch.flow import Granularity, Owned, ScaleTracer, Source, TraceResult, _tensors
 
 CONFIRM_RTOL = 1e-3  # outputs may move by this fraction of their largest magnitude (BN's epsilon, rounding)
@@ -195,10 +195,9 @@ def _confirm(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], lay
     for layer in layers:
         ok = _unchanged(reference, _forward_scaled(base, args, kwargs, [layer], params, generator, replay))
         if not ok:
-            warnings.warn(f"normwatch: layer {layer.name!r} looks scale-invariant from the dataflow, but "
+            warn(f"normwatch: layer {layer.name!r} looks scale-invariant from the dataflow, but "
                           f"rescaling it changed the outputs by more than {CONFIRM_RTOL:g} of their size "
-                          "(tiny pre-norm variance against BatchNorm's eps, or an op normwatch misreads).",
-                          stacklevel=3)
+                          "(tiny pre-norm variance against BatchNorm's eps, or an op normwatch misreads).")
         confirmed.append(_with(layer, ok))
     return confirmed
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 import types
-import warnings
 from typing import Any
 
 import torch
 
 from normwatch import stats, update
+from normwatch._warn import warn
 
 
 def tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Tensor, w_next: torch.Tensor,
@@ -73,8 +73,8 @@ def fused_tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Ten
     except Exception as error:  # a compiler failure must not stop training
         _compile_failed = True
         reason = (str(error).strip().splitlines() or [""])[0]
-        warnings.warn(f"normwatch: torch.compile of the per-step statistics failed ({type(error).__name__}: "
-                      f"{reason}); they run eagerly from now on.", RuntimeWarning, stacklevel=2)
+        warn(f"normwatch: torch.compile of the per-step statistics failed ({type(error).__name__}: "
+                      f"{reason}); they run eagerly from now on.", RuntimeWarning)
         return tensor_step(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
 
 

@@ -21,7 +21,6 @@ import json
 import operator
 import os
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from normwatch import _dist, stats, tensorboard, update
+from normwatch._warn import warn
 from normwatch.detect import Layer, scan, unwrap
 from normwatch.kernels import fused_tensor_step, tensor_step
 from normwatch.records import Batch, Recorder
@@ -276,9 +276,9 @@ class Watcher:
         try:
             return SummaryWriter(log_dir=logdir)
         except Exception as error:
-            warnings.warn(f"normwatch: cannot create a TensorBoard writer in {logdir or 'runs/'} ({error}); "
+            warn(f"normwatch: cannot create a TensorBoard writer in {logdir or 'runs/'} ({error}); "
                           "training goes on and the metrics are kept in memory in Watcher.history.",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning)
             return None
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
@@ -294,8 +294,8 @@ class Watcher:
             last = self._detection_failures == DETECTION_TRIES
             if self._detection_failures == 1 or last:
                 then = "nothing will be recorded" if last else "it tries again on the next training forward"
-                warnings.warn(f"normwatch: could not trace the model's forward ({error!r}); {then}. Training is "
-                              "not affected.", RuntimeWarning, stacklevel=2)
+                warn(f"normwatch: could not trace the model's forward ({error!r}); {then}. Training is "
+                              "not affected.", RuntimeWarning)
             if not last:
                 return
             found = []
@@ -321,20 +321,19 @@ class Watcher:
         modules = dict(base.named_modules())
         for pattern in keep + drop:
             if not any(fnmatch.fnmatchcase(layer.name, pattern) for layer in found):
-                warnings.warn(f"normwatch: layers pattern {pattern!r} matches no detected layer "
-                              f"(detected: {', '.join(layer.name for layer in found) or 'none'}).", stacklevel=4)
+                warn(f"normwatch: layers pattern {pattern!r} matches no detected layer "
+                              f"(detected: {', '.join(layer.name for layer in found) or 'none'}).")
         chosen = [layer for layer in found if (not keep or any(fnmatch.fnmatchcase(layer.name, p) for p in keep))
                   and not any(fnmatch.fnmatchcase(layer.name, p) for p in drop)]
         if found and not chosen and not add:
-            warnings.warn(f"normwatch: the layers patterns {self._patterns} leave none of the {len(found)} detected "
-                          "layers: nothing will be recorded.", RuntimeWarning, stacklevel=4)
+            warn(f"normwatch: the layers patterns {self._patterns} leave none of the {len(found)} detected "
+                          "layers: nothing will be recorded.", RuntimeWarning)
         names = {layer.name for layer in chosen}
         for pattern in add:
             matches = [n for n, m in modules.items() if fnmatch.fnmatchcase(n, pattern)
                        and isinstance(getattr(m, "weight", None), nn.Parameter)]
             if not matches:
-                warnings.warn(f"normwatch: layers pattern '+{pattern}' matches no module with a weight.",
-                              stacklevel=4)
+                warn(f"normwatch: layers pattern '+{pattern}' matches no module with a weight.")
             for name in matches:
                 if name not in names:
                     names.add(name)
@@ -353,8 +352,8 @@ class Watcher:
         for layer in layers:
             missing = [n for n in layer.params if id(params[n]) not in group_of]
             if missing:
-                warnings.warn(f"normwatch: layer {layer.name!r} is not recorded: {', '.join(missing)} is not "
-                              "in this optimizer's param groups.", stacklevel=4)
+                warn(f"normwatch: layer {layer.name!r} is not recorded: {', '.join(missing)} is not "
+                              "in this optimizer's param groups.")
                 continue
             for name in layer.params:
                 p = params[name]
@@ -367,10 +366,10 @@ class Watcher:
         if not kept and layers:
             return  # _select or the loop above said why
         if not kept:
-            warnings.warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
+            warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
                           "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
                           "only through a normalisation that uses batch statistics (BatchNorm in training "
-                          "mode, GroupNorm, LayerNorm).", RuntimeWarning, stacklevel=4)
+                          "mode, GroupNorm, LayerNorm).", RuntimeWarning)
             return
         device = self._slots[0].param.device
         self._ring = torch.zeros(self._flush_every, len(self._slots), len(stats.SUMS), device=device)
@@ -405,25 +404,25 @@ class Watcher:
                 slot.unknown = 1.0
                 withheld.add(self._layers[slot.layer].name)
         if withheld:
-            warnings.warn(f"normwatch: {type(self._optimizer).__name__} has momentum from steps normwatch did not see "
+            warn(f"normwatch: {type(self._optimizer).__name__} has momentum from steps normwatch did not see "
                           "(attached mid-run, or resumed without normwatch's state_dict), so the shrink/growth/cross "
                           f"split and grad_autocorr of {', '.join(sorted(withheld))} are withheld until that momentum "
                           f"has decayed below {UNKNOWN_TOLERANCE:g}; every other metric is recorded.",
-                          RuntimeWarning, stacklevel=5)
+                          RuntimeWarning)
 
     def _notes(self) -> None:
         """One line for each reason a theory tag will be missing."""
         name = type(self._optimizer).__name__
         if self._family == "unknown":
-            warnings.warn(f"normwatch: {name} is not one of SGD, Adam, AdamW or normwatch.optim.LARS (or uses "
+            warn(f"normwatch: {name} is not one of SGD, Adam, AdamW or normwatch.optim.LARS (or uses "
                           "maximize): every measured metric is recorded, but no shrink/growth split and no "
-                          "theory applies.", stacklevel=5)
+                          "theory applies.")
             return
         for index, group in enumerate(self._optimizer.param_groups):
             layers = sorted({self._layers[s.layer].name for s in self._slots if s.group == index})
             if layers and not group.get("weight_decay"):
-                warnings.warn(f"normwatch: param group {index} of {name} has weight_decay=0, so |w| has no "
-                              f"equilibrium: no theory tags for {', '.join(layers)}.", stacklevel=5)
+                warn(f"normwatch: param group {index} of {name} has weight_decay=0, so |w| has no "
+                              f"equilibrium: no theory tags for {', '.join(layers)}.")
 
     def _preamble(self, writer: Any) -> None:
         if not self._layers:
@@ -473,8 +472,8 @@ class Watcher:
             return operator.index(self._step_fn())
         except Exception as error:
             self._step_fn = None
-            warnings.warn(f"normwatch: step_fn failed or returned no int ({type(error).__name__}: {error}); from now "
-                          "on the x axis counts optimizer steps.", RuntimeWarning, stacklevel=4)
+            warn(f"normwatch: step_fn failed or returned no int ({type(error).__name__}: {error}); from now "
+                          "on the x axis counts optimizer steps.", RuntimeWarning)
             return None
 
     @torch.compiler.disable
@@ -486,10 +485,10 @@ class Watcher:
             self._compiled_call, self._model._compiled_call_impl = self._model._compiled_call_impl, None
         elif not self._detected and self._warn_undetected:
             self._warn_undetected = False
-            warnings.warn("normwatch: the optimizer stepped before any training-mode forward of the module it "
+            warn("normwatch: the optimizer stepped before any training-mode forward of the module it "
                           "is attached to reached normwatch, so nothing is recorded yet: attach to the module "
                           "the loop calls, in train() mode, and with torch.compile attach after compiling "
-                          "(normwatch.attach(torch.compile(model), optimizer)).", RuntimeWarning, stacklevel=2)
+                          "(normwatch.attach(torch.compile(model), optimizer)).", RuntimeWarning)
         if not armed:
             return
         found_inf = getattr(optimizer, "found_inf", None)

@@ -214,6 +214,7 @@ def test_a_model_only_called_in_eval_mode_says_so_at_the_first_step(tmp_path) ->
                 _step(model, opt, x, y)
     messages = _messages(caught)
     assert len(messages) == 1 and "in train() mode" in messages[0]
+    assert [w.filename for w in caught] == [__file__]  # the user's opt.step() line, not torch's hook code
 
 
 class _RandomForward(nn.Module):
