@@ -118,9 +118,9 @@ class _Normwatch:
             return
         name = f"`pl_module.{self.module}`" if self.module else "the LightningModule's forward (`self(x)`)"
         warn(f"{type(self).__name__}: training_step did not call {name} in training mode, so normwatch "
-                      "cannot find the scale-invariant layers and records nothing. Call it in training_step, or "
-                      "pass NormwatchCallback(module='<name>') naming the submodule training_step calls.",
-                      RuntimeWarning)
+             "cannot find the scale-invariant layers and records nothing. Call it in training_step, or "
+             "pass NormwatchCallback(module='<name>') naming the submodule training_step calls.",
+             RuntimeWarning)
 
     def on_train_end(self, trainer: Any, pl_module: nn.Module) -> None:
         self._close()

@@ -196,8 +196,8 @@ def _confirm(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], lay
         ok = _unchanged(reference, _forward_scaled(base, args, kwargs, [layer], params, generator, replay))
         if not ok:
             warn(f"normwatch: layer {layer.name!r} looks scale-invariant from the dataflow, but "
-                          f"rescaling it changed the outputs by more than {CONFIRM_RTOL:g} of their size "
-                          "(tiny pre-norm variance against BatchNorm's eps, or an op normwatch misreads).")
+                 f"rescaling it changed the outputs by more than {CONFIRM_RTOL:g} of their size "
+                 "(tiny pre-norm variance against BatchNorm's eps, or an op normwatch misreads).")
         confirmed.append(_with(layer, ok))
     return confirmed
 

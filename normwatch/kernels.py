@@ -74,7 +74,7 @@ def fused_tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Ten
         _compile_failed = True
         reason = (str(error).strip().splitlines() or [""])[0]
         warn(f"normwatch: torch.compile of the per-step statistics failed ({type(error).__name__}: "
-                      f"{reason}); they run eagerly from now on.", RuntimeWarning)
+             f"{reason}); they run eagerly from now on.", RuntimeWarning)
         return tensor_step(family, hp, w_prev, w_next, g, v, state, trust, first, recording)
 
 

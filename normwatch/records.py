@@ -98,7 +98,8 @@ class Recorder:
             raw = [sums[i, stats.INDEX[k]] for k in ("ww", "wg", "gg", "wu", "uu")]
             if not all(math.isfinite(x) for x in raw):  # a 0/0 (e.g. cos_wg of a zero gradient) is no error
                 self._warn_once(f"nonfinite:{name}", f"normwatch: layer {name!r} had a non-finite gradient or "
-                                f"weight at step {step}; that step is not recorded for it (warned once).")
+                                f"weight at step {step}; no step with a non-finite value is recorded for it "
+                                "(said once).")
                 continue
             names = stats.MEASURED + (stats.SPLIT if self.family != "unknown" else ())
             if i in withheld:  # the memory still holds momentum from steps normwatch did not see

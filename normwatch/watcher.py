@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from normwatch import _dist, stats, tensorboard, update
 from normwatch._warn import warn
@@ -277,8 +278,8 @@ class Watcher:
             return SummaryWriter(log_dir=logdir)
         except Exception as error:
             warn(f"normwatch: cannot create a TensorBoard writer in {logdir or 'runs/'} ({error}); "
-                          "training goes on and the metrics are kept in memory in Watcher.history.",
-                          RuntimeWarning)
+                 "training goes on and the metrics are kept in memory in Watcher.history.",
+                 RuntimeWarning)
             return None
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
@@ -286,6 +287,9 @@ class Watcher:
         # detection, which needs eager tensors, waits; _after_step says so if it never happens.
         if torch.compiler.is_compiling() or self._detected or self._detecting or self._closed or not module.training:
             return
+        if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in unwrap(module).modules()):
+            self._warn_undetected = False  # the hook works: detection waits for the next forward
+            return  # this forward initialises them from the global RNG: detection waits for the next one
         self._detecting = True
         try:
             found = scan(module, args, kwargs or {}, confirm=self._confirm)
@@ -295,7 +299,7 @@ class Watcher:
             if self._detection_failures == 1 or last:
                 then = "nothing will be recorded" if last else "it tries again on the next training forward"
                 warn(f"normwatch: could not trace the model's forward ({error!r}); {then}. Training is "
-                              "not affected.", RuntimeWarning)
+                     "not affected.", RuntimeWarning)
             if not last:
                 return
             found = []
@@ -304,7 +308,7 @@ class Watcher:
         self._handles[0].remove()
         self._detected = True
         self._restore_compiled_call()
-        self._setup(self._select(found))
+        self._setup(self._select(found), detected=bool(found))
         if self._in_step:  # the forward runs inside optimizer.step(closure): this step can still be recorded
             self._arm()
 
@@ -322,12 +326,12 @@ class Watcher:
         for pattern in keep + drop:
             if not any(fnmatch.fnmatchcase(layer.name, pattern) for layer in found):
                 warn(f"normwatch: layers pattern {pattern!r} matches no detected layer "
-                              f"(detected: {', '.join(layer.name for layer in found) or 'none'}).")
+                     f"(detected: {', '.join(layer.name for layer in found) or 'none'}).")
         chosen = [layer for layer in found if (not keep or any(fnmatch.fnmatchcase(layer.name, p) for p in keep))
                   and not any(fnmatch.fnmatchcase(layer.name, p) for p in drop)]
         if found and not chosen and not add:
             warn(f"normwatch: the layers patterns {self._patterns} leave none of the {len(found)} detected "
-                          "layers: nothing will be recorded.", RuntimeWarning)
+                 "layers: nothing will be recorded.", RuntimeWarning)
         names = {layer.name for layer in chosen}
         for pattern in add:
             matches = [n for n, m in modules.items() if fnmatch.fnmatchcase(n, pattern)
@@ -340,7 +344,7 @@ class Watcher:
                     chosen.append(Layer(name, "(added by user)", (f"{name}.weight",), "tensor", 1))
         return chosen
 
-    def _setup(self, layers: list[Layer]) -> None:
+    def _setup(self, layers: list[Layer], detected: bool) -> None:
         base = unwrap(self._model)
         params = dict(base.named_parameters(remove_duplicate=False))
         group_of = {id(p): i for i, group in enumerate(self._optimizer.param_groups) for p in group["params"]}
@@ -353,7 +357,7 @@ class Watcher:
             missing = [n for n in layer.params if id(params[n]) not in group_of]
             if missing:
                 warn(f"normwatch: layer {layer.name!r} is not recorded: {', '.join(missing)} is not "
-                              "in this optimizer's param groups.")
+                     "in this optimizer's param groups.")
                 continue
             for name in layer.params:
                 p = params[name]
@@ -363,13 +367,13 @@ class Watcher:
                                          torch.zeros_like(shard, memory_format=torch.preserve_format)))
             kept.append(layer)
         self._layers = kept
-        if not kept and layers:
+        if not kept and (layers or detected):
             return  # _select or the loop above said why
         if not kept:
             warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
-                          "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
-                          "only through a normalisation that uses batch statistics (BatchNorm in training "
-                          "mode, GroupNorm, LayerNorm).", RuntimeWarning)
+                 "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
+                 "only through a normalisation that uses batch statistics (BatchNorm in training "
+                 "mode, GroupNorm, LayerNorm).", RuntimeWarning)
             return
         device = self._slots[0].param.device
         self._ring = torch.zeros(self._flush_every, len(self._slots), len(stats.SUMS), device=device)
@@ -405,24 +409,24 @@ class Watcher:
                 withheld.add(self._layers[slot.layer].name)
         if withheld:
             warn(f"normwatch: {type(self._optimizer).__name__} has momentum from steps normwatch did not see "
-                          "(attached mid-run, or resumed without normwatch's state_dict), so the shrink/growth/cross "
-                          f"split and grad_autocorr of {', '.join(sorted(withheld))} are withheld until that momentum "
-                          f"has decayed below {UNKNOWN_TOLERANCE:g}; every other metric is recorded.",
-                          RuntimeWarning)
+                 "(attached mid-run, resumed without normwatch's state_dict, or before detection), so the "
+                 f"shrink/growth/cross split and grad_autocorr of {', '.join(sorted(withheld))} are withheld until "
+                 f"that momentum has decayed below {UNKNOWN_TOLERANCE:g}; every other metric is recorded.",
+                 RuntimeWarning)
 
     def _notes(self) -> None:
         """One line for each reason a theory tag will be missing."""
         name = type(self._optimizer).__name__
         if self._family == "unknown":
             warn(f"normwatch: {name} is not one of SGD, Adam, AdamW or normwatch.optim.LARS (or uses "
-                          "maximize): every measured metric is recorded, but no shrink/growth split and no "
-                          "theory applies.")
+                 "maximize): every measured metric is recorded, but no shrink/growth split and no "
+                 "theory applies.")
             return
         for index, group in enumerate(self._optimizer.param_groups):
             layers = sorted({self._layers[s.layer].name for s in self._slots if s.group == index})
             if layers and not group.get("weight_decay"):
                 warn(f"normwatch: param group {index} of {name} has weight_decay=0, so |w| has no "
-                              f"equilibrium: no theory tags for {', '.join(layers)}.")
+                     f"equilibrium: no theory tags for {', '.join(layers)}.")
 
     def _preamble(self, writer: Any) -> None:
         if not self._layers:
@@ -473,7 +477,7 @@ class Watcher:
         except Exception as error:
             self._step_fn = None
             warn(f"normwatch: step_fn failed or returned no int ({type(error).__name__}: {error}); from now "
-                          "on the x axis counts optimizer steps.", RuntimeWarning)
+                 "on the x axis counts optimizer steps.", RuntimeWarning)
             return None
 
     @torch.compiler.disable
@@ -486,9 +490,9 @@ class Watcher:
         elif not self._detected and self._warn_undetected:
             self._warn_undetected = False
             warn("normwatch: the optimizer stepped before any training-mode forward of the module it "
-                          "is attached to reached normwatch, so nothing is recorded yet: attach to the module "
-                          "the loop calls, in train() mode, and with torch.compile attach after compiling "
-                          "(normwatch.attach(torch.compile(model), optimizer)).", RuntimeWarning)
+                 "is attached to reached normwatch, so nothing is recorded yet: attach to the module "
+                 "the loop calls, in train() mode, and with torch.compile attach after compiling "
+                 "(normwatch.attach(torch.compile(model), optimizer)).", RuntimeWarning)
         if not armed:
             return
         found_inf = getattr(optimizer, "found_inf", None)

@@ -246,6 +246,32 @@ def test_detection_leaves_python_and_numpy_random_state_as_it_was(tmp_path) -> N
         assert torch.equal(a, b), name
 
 
+def test_lazy_modules_initialise_in_the_users_forward_not_in_detection(tmp_path) -> None:
+    """LazyLinear draws its initial weights from the global RNG in the first forward; dropout draws after it.
+    Detection waits for the second forward, so the RNG stream, and training, stay as without normwatch
+    (step 0 is not recorded, and step 1's split waits for step 0's momentum to decay)."""
+    weights = {}
+    for watched in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 6, 3, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.2),
+                              nn.Flatten(), nn.LazyLinear(5))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)  # no dry run
+        watch = normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) if watched else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for x, y in _batches(3):
+                _step(model, opt, x, y)
+        if watch:
+            watch.close()
+            assert [s for s, _ in watch.history["normwatch/w_norm2/0"]] == [1, 2]
+            messages = _messages(caught)
+            assert len(messages) == 1 and "momentum from steps normwatch did not see" in messages[0]
+        weights[watched] = model.state_dict(), torch.rand(1)
+    assert torch.equal(weights[False][1], weights[True][1])
+    for (name, a), b in zip(weights[False][0].items(), weights[True][0].values()):
+        assert torch.equal(a, b), name
+
+
 def test_closing_from_an_earlier_forward_pre_hook_does_not_break_the_forward(tmp_path) -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -520,7 +520,8 @@ def test_layers_patterns_select_drop_and_add(tmp_path) -> None:
     assert layers(["-0"])[0] == ["5"]
     assert layers(["+10"])[0] == ["0", "5", "10"]
     names, messages = layers(["conv*"])
-    assert names == [] and any("matches no detected layer" in m for m in messages)
+    assert names == [] and len(messages) == 2  # what matched nothing, and that nothing is left
+    assert "matches no detected layer" in messages[0] and "leave none of the 2 detected layers" in messages[1]
 
 
 def test_repr_reports_the_extra_memory(tmp_path) -> None:
