@@ -40,10 +40,20 @@ def _step(model, opt, x, y, scaler=None, dtype=None) -> None:
     optimizer_step(loss, opt, scaler)
 
 
-@pytest.mark.parametrize(("fused", "fused_stats"), [(False, False), (True, False), (False, True)])
-def test_hooks_never_synchronise(tmp_path, fused, fused_stats) -> None:
+OPTIMIZERS = {
+    "sgd-nesterov": lambda p, fused: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                                     fused=fused),
+    "adam-l2": lambda p, fused: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-2, fused=fused),  # step on the device
+    "adamw": lambda p, fused: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05, fused=fused),  # when fused
+}
+
+
+@pytest.mark.parametrize("fused_stats", [False, True], ids=["eager-stats", "fused-stats"])
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_hooks_never_synchronise(tmp_path, name, fused, fused_stats) -> None:
     model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
+    opt = OPTIMIZERS[name](model.parameters(), fused)
     batches = _batches(6)
     with normwatch.attach(model, opt, logdir=str(tmp_path), flush_every=4, fused=fused_stats) as watch:
         _step(model, opt, *batches[0])  # detection (its numeric confirmation reads values back once)
@@ -98,14 +108,16 @@ def test_compiled_model_and_bitwise_identity_on_cuda(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
-def test_fused_statistics_equal_eager_ones_on_cuda(tmp_path) -> None:
+@pytest.mark.parametrize("fused_optimizer", [False, True], ids=["foreach", "fused"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_fused_statistics_equal_eager_ones_on_cuda(tmp_path, name, fused_optimizer) -> None:
     """attach(fused=True) on CUDA (Triton kernels): the same metrics as the eager path, no fallback."""
     import warnings
 
     histories = {}
     for fused in (False, True):
         model = _model().to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        opt = OPTIMIZERS[name](model.parameters(), fused_optimizer)
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message="normwatch: torch.compile")
             with normwatch.attach(model, opt, logdir=str(tmp_path / str(fused)), fused=fused,
