@@ -25,6 +25,7 @@ from normwatch import stats, theory
 from normwatch.update import Family, Hyper
 
 Point = tuple[int, float, dict[str, float]]
+UNKNOWN_TOLERANCE = 1e-6  # split and autocorr wait while momentum normwatch did not see weighs more than this
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Batch:
     walltimes: list[float]
     ready: Callable[[], None] = lambda: None  # waits for the device-to-host copy
     steps: list[int | None] | None = None  # the x-axis value given by the user's step_fn, per record
-    withheld: list[frozenset[int]] | None = None  # per record, layers whose split and autocorr are not known
+    unknown: list[tuple[float, ...]] | None = None  # per record, per tensor: share of v normwatch did not see
+    decays: list[tuple[float, ...]] | None = None  # per record, per tensor: the factor that step applied to it
 
 
 @dataclass
@@ -59,6 +61,16 @@ class Recorder:
     def __post_init__(self) -> None:
         if self.w0_norm2 is None:
             self.w0_norm2 = np.full(len(self.layer_names), np.nan)
+        self.restart_unknown()
+
+    def restart_unknown(self) -> None:
+        """Forget the skipped-step corrections of the unseen-momentum shares (a state_dict sets new ones)."""
+        self._unknown_scale = np.ones(len(self.slot_layer))
+
+    def unknown_now(self, unknown: Sequence[float]) -> list[float]:
+        """The training thread's shares, corrected for the steps an optimizer skipped (``found_inf``)."""
+        return [float(share) for share in np.asarray(unknown, dtype=np.float64) * self._unknown_scale] \
+            if len(unknown) else []
 
     def points(self, batch: Batch) -> list[Point]:
         batch.ready()
@@ -72,13 +84,20 @@ class Recorder:
         for r, call in enumerate(batch.calls):
             if skipped[r]:
                 self.skipped_total += 1
+                if batch.decays is not None:  # the step did not happen: v kept its unseen share
+                    decay = np.asarray(batch.decays[r], dtype=np.float64)
+                    self._unknown_scale /= np.where(decay > 0, decay, 1.0)
                 continue
             step = call - self.skipped_total
             if self.filter_every and step % self.every:
                 continue
             if batch.steps is not None and batch.steps[r] is not None:
                 step = batch.steps[r]
-            withheld = batch.withheld[r] if batch.withheld is not None else frozenset()
+            withheld = frozenset()
+            if batch.unknown is not None:
+                unknown = np.asarray(batch.unknown[r], dtype=np.float64) * self._unknown_scale
+                withheld = frozenset(layer for slot, layer in enumerate(self.slot_layer)
+                                     if unknown[slot] > UNKNOWN_TOLERANCE)
             point = self._point(step, sums[r], batch.hypers[r], withheld)
             self.last_step = step
             out.append((step, batch.walltimes[r], point))

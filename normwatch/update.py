@@ -124,7 +124,8 @@ def decay_part(family: Family, hp: Hyper, state: dict[str, Any], w_prev: torch.T
             return (w_prev * wd).add_(decay_buffer, alpha=hp.momentum).mul_(-lr)
         return decay_buffer.mul_(-lr)
     if family == "adam":  # Adam's step on m's decay share m − v: −η/(1−β₁ᵗ) · (m − v)/(√(v̂₂/(1−β₂ᵗ)) + ε)
-        step = state["step"]  # t, after this step; a tensor, on the device for fused/capturable Adam
+        step = state["step"].double()  # t after this step, on the device for fused/capturable Adam; Adam's own
+        # bias corrections are computed in double
         second = state["max_exp_avg_sq"] if hp.amsgrad else state["exp_avg_sq"]
         denom = (second.sqrt() / torch.sqrt(1 - hp.beta2 ** step)).add_(hp.eps)
         return (state["exp_avg"] - v).div_(denom).mul_(-hp.lr / (1 - hp.momentum ** step))

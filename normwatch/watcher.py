@@ -34,11 +34,10 @@ from normwatch import _dist, stats, tensorboard, update
 from normwatch._warn import warn
 from normwatch.detect import Layer, scan, unwrap
 from normwatch.kernels import fused_tensor_step, tensor_step
-from normwatch.records import Batch, Recorder
+from normwatch.records import UNKNOWN_TOLERANCE, Batch, Recorder
 
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Watcher] = weakref.WeakKeyDictionary()
 DETECTION_TRIES = 3  # training forwards on which detection may fail before normwatch gives up
-UNKNOWN_TOLERANCE = 1e-6  # split and autocorr wait while momentum from before attach weighs more than this
 
 
 @dataclass
@@ -154,6 +153,7 @@ class Watcher:
         self._detecting = False  # inside detection's own forwards
         self._detection_failures = 0
         self._warn_undetected = True  # a step with no detection yet says why, once (integrations say it their way)
+        self._said_withheld = False
         self._compiled_call: Any = None  # Module.compile()'s compiled __call__, set aside until detection
         self._closed = False
         self._calls = 0  # step-hook calls so far (skipped AMP steps included until the writer drops them)
@@ -164,7 +164,7 @@ class Watcher:
         self._pending_state: dict[str, Any] | None = None
         self._ring = self._ring_skipped = torch.empty(0)
         self._n = 0
-        self._meta: list[tuple[int, int | None, tuple[update.Hyper, ...], float, frozenset[int]]] = []
+        self._meta: list[tuple[Any, ...]] = []  # per record: call, step, hypers, time, unknown, decays
         self._recorder = Recorder([], [], [], self._family, every)
         self._writes = _dist.rank() == 0  # under torch.distributed, global rank 0 alone writes
         self._sharded = False  # FSDP2: every rank holds a shard and takes part in one all-reduce per step
@@ -230,13 +230,23 @@ class Watcher:
         self._slots = []
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue the same curves: step count, |w_0|², gradient memories."""
+        """What a resumed run needs to continue the same curves: step count, |w_0|², gradient memories (and
+        the share of each that normwatch could not split, when it was attached mid-run).
+
+        Raises:
+            RuntimeError: after :meth:`close`, which frees the memories.
+        """
+        if self._closed:
+            raise RuntimeError("normwatch: state_dict() after close(), which frees the gradient memories: take it "
+                               "before closing.")
         self.flush()
+        unknown = self._recorder.unknown_now([slot.unknown for slot in self._slots])
         return {
             "version": 1,
             "step": self.step,
             "w0_norm2": dict(zip([layer.name for layer in self._layers], self._recorder.w0_norm2.tolist())),
             "memory": {slot.name: slot.memory.detach().clone() for slot in self._slots},
+            "unknown": {slot.name: share for slot, share in zip(self._slots, unknown) if share > 0},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -247,6 +257,7 @@ class Watcher:
             self._pending_state = state
             self._calls = int(state["step"])
             return
+        self.flush()  # the writer thread is idle while the recorder changes
         self._calls = int(state["step"])
         self._recorder.skipped_total = 0
         for i, layer in enumerate(self._layers):
@@ -255,7 +266,9 @@ class Watcher:
         for slot in self._slots:
             if slot.name in state["memory"]:
                 slot.memory.copy_(state["memory"][slot.name])
-                slot.unknown = 0.0
+                slot.unknown = float(state.get("unknown", {}).get(slot.name, 0.0))
+        self._recorder.restart_unknown()
+        self._say_withheld()
 
     def __enter__(self) -> Watcher:
         return self
@@ -295,6 +308,7 @@ class Watcher:
             found = scan(module, args, kwargs or {}, confirm=self._confirm)
         except Exception as error:
             self._detection_failures += 1
+            self._warn_undetected = False  # the forward did reach normwatch; the warning below says what failed
             last = self._detection_failures == DETECTION_TRIES
             if self._detection_failures == 1 or last:
                 then = "nothing will be recorded" if last else "it tries again on the next training forward"
@@ -308,7 +322,7 @@ class Watcher:
         self._handles[0].remove()
         self._detected = True
         self._restore_compiled_call()
-        self._setup(self._select(found), detected=bool(found))
+        self._setup(self._select(found), said=bool(found) or self._detection_failures > 0)
         if self._in_step:  # the forward runs inside optimizer.step(closure): this step can still be recorded
             self._arm()
 
@@ -344,7 +358,7 @@ class Watcher:
                     chosen.append(Layer(name, "(added by user)", (f"{name}.weight",), "tensor", 1))
         return chosen
 
-    def _setup(self, layers: list[Layer], detected: bool) -> None:
+    def _setup(self, layers: list[Layer], said: bool) -> None:
         base = unwrap(self._model)
         params = dict(base.named_parameters(remove_duplicate=False))
         group_of = {id(p): i for i, group in enumerate(self._optimizer.param_groups) for p in group["params"]}
@@ -367,8 +381,8 @@ class Watcher:
                                          torch.zeros_like(shard, memory_format=torch.preserve_format)))
             kept.append(layer)
         self._layers = kept
-        if not kept and (layers or detected):
-            return  # _select or the loop above said why
+        if not kept and (layers or said):
+            return  # _select, the failed detection or the loop above said why
         if not kept:
             warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
                  "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
@@ -386,16 +400,18 @@ class Watcher:
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.load_state_dict(state)
+        self._say_withheld()
 
     def _adopt_optimizer_state(self, known: Sequence[str] = ()) -> None:
         """Start from the optimizer's state when it has stepped before normwatch saw it (no state_dict loaded).
 
-        Its momentum (SGD, LARS) or first moment (Adam) then holds gradients and, except for AdamW, weight
-        decay that normwatch never saw. The memory starts as that buffer: exact for AdamW (whose moment is
-        gradients alone); elsewhere the decay it holds counts as gradient, a share that decays as μᵏ, so the
+        Its momentum (SGD, LARS) or first moment (Adam) then holds gradients and, under weight decay except
+        AdamW's, decay that normwatch never saw. The memory starts as that buffer: exact where it holds
+        gradients alone; elsewhere the decay in it counts as gradient, a share that decays as μᵏ, so the
         shrink/growth split and grad_autocorr are withheld until μᵏ ≤ UNKNOWN_TOLERANCE. The rest is exact.
         """
-        withheld = set()
+        if self._family == "unknown":
+            return  # no split; the memory is normwatch's own moving average, started afresh
         for slot in self._slots:
             if slot.name in known:  # a state_dict about to be loaded restores this memory
                 continue
@@ -404,14 +420,19 @@ class Watcher:
             if not isinstance(buffer, torch.Tensor):
                 continue
             slot.memory.copy_(_dist.local(buffer))
-            if self._family != "adamw":
+            decay = self._optimizer.param_groups[slot.group].get("weight_decay", 0.0)
+            if self._family != "adamw" and decay:
                 slot.unknown = 1.0
-                withheld.add(self._layers[slot.layer].name)
-        if withheld:
+
+    def _say_withheld(self) -> None:
+        """One warning, the first time some layer's split waits for unseen momentum to decay."""
+        withheld = sorted({self._layers[s.layer].name for s in self._slots if s.unknown > UNKNOWN_TOLERANCE})
+        if withheld and not self._said_withheld:
+            self._said_withheld = True
             warn(f"normwatch: {type(self._optimizer).__name__} has momentum from steps normwatch did not see "
                  "(attached mid-run, resumed without normwatch's state_dict, or before detection), so the "
-                 f"shrink/growth/cross split and grad_autocorr of {', '.join(sorted(withheld))} are withheld until "
-                 f"that momentum has decayed below {UNKNOWN_TOLERANCE:g}; every other metric is recorded.",
+                 f"shrink/growth/cross split and grad_autocorr of {', '.join(withheld)} are withheld until that "
+                 f"momentum has decayed below {UNKNOWN_TOLERANCE:g}; every other metric is recorded.",
                  RuntimeWarning)
 
     def _notes(self) -> None:
@@ -473,7 +494,8 @@ class Watcher:
         if self._step_fn is None:
             return None
         try:
-            return operator.index(self._step_fn())
+            value = self._step_fn()
+            return int(value) if isinstance(value, float) and value.is_integer() else operator.index(value)
         except Exception as error:
             self._step_fn = None
             warn(f"normwatch: step_fn failed or returned no int ({type(error).__name__}: {error}); from now "
@@ -499,7 +521,7 @@ class Watcher:
         family = self._family
         hypers = {i: update.hyper(family, optimizer.param_groups[i], self._ema_beta)
                   for i in {s.group for s in self._slots}}
-        rows = []
+        rows, decays = [], {}
         with torch.no_grad():
             for slot, first in zip(self._slots, self._first):
                 g = slot.param.grad
@@ -522,8 +544,10 @@ class Watcher:
                     rows.append(row.to(self._ring.device))
                 if before is not None:
                     v.copy_(torch.where(found_inf.reshape([1] * v.dim()) > 0, before, v))
-                slot.unknown *= hp.momentum  # v's old part decays as μ (β₁ for Adam) in advance_memory
-            withheld = frozenset(s.layer for s in self._slots if s.unknown > UNKNOWN_TOLERANCE)
+                # advance_memory scales v's old part by μ (mirrored momentum) or β (moving average, Adam's β₁);
+                # on a step the optimizer skipped (found_inf) it did not: the writer thread undoes it there
+                decays[slot.name] = hp.momentum if update.mirrors_momentum(family, hp) else hp.ema_beta
+                slot.unknown *= decays[slot.name]
             if not self._recording:
                 return
             rows = torch.stack(rows)
@@ -532,7 +556,8 @@ class Watcher:
             self._ring[self._n].copy_(rows)
             if found_inf is not None:
                 self._ring_skipped[self._n].copy_(found_inf.reshape(()))
-        self._meta.append((call, self._step_now, tuple(hypers[s.group] for s in self._slots), time.time(), withheld))
+        self._meta.append((call, self._step_now, tuple(hypers[s.group] for s in self._slots), time.time(),
+                           tuple(s.unknown for s in self._slots), tuple(decays.get(s.name, 1.0) for s in self._slots)))
         self._n += 1
         if self._n == self._flush_every:
             self._flush()
@@ -555,8 +580,8 @@ class Watcher:
         else:
             host_rows, host_skipped, ready = rows.clone(), skipped.clone(), (lambda: None)
         self._ring_skipped.zero_()
-        calls, steps, hypers, walltimes, withheld = (list(column) for column in zip(*meta))
-        self._sink.put(Batch(host_rows, host_skipped, calls, hypers, walltimes, ready, steps, withheld))
+        calls, steps, hypers, walltimes, unknown, decays = (list(column) for column in zip(*meta))
+        self._sink.put(Batch(host_rows, host_skipped, calls, hypers, walltimes, ready, steps, unknown, decays))
 
     def _to_points(self, batch: Batch) -> list[Any]:
         return self._recorder.points(batch)

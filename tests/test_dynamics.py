@@ -346,3 +346,14 @@ def test_adam_l2_shrink_stays_exact_at_small_learning_rates(lr, amsgrad) -> None
         for layer in LAYERS:
             want = expected[layer]["shrink"]
             assert _value(watch.history, "shrink", layer, step) == pytest.approx(want, rel=1e-4), (layer, step)
+
+
+def test_adam_l2_bias_corrections_are_computed_in_double_as_adams() -> None:
+    """float64 weights: the split follows Adam's double-precision bias corrections 1 − βᵗ to the ring's float32."""
+    lr, wd = 1e-2, 1e-2
+    watch, captured = _train(lambda m: torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd), dtype=torch.float64)
+    reference = _reference_metrics(captured, _refs("adam", lr=lr, wd=wd), lr)
+    for step, expected in enumerate(reference[:4]):  # the corrections matter most in the first steps
+        for layer in LAYERS:
+            want = expected[layer]["shrink"]
+            assert _value(watch.history, "shrink", layer, step) == pytest.approx(want, rel=1e-6), (layer, step)
