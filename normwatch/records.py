@@ -63,6 +63,14 @@ class Recorder:
             self.w0_norm2 = np.full(len(self.layer_names), np.nan)
         self.restart_unknown()
 
+    def extended(self, layer_names: Sequence[str], slot_layer: Sequence[int], numel: Sequence[int]) -> Recorder:
+        """This recorder with layers (and their tensors) appended after the existing ones, its state kept."""
+        grown = Recorder(layer_names, slot_layer, numel, self.family, self.every, self.filter_every,
+                         skipped_total=self.skipped_total, last_step=self.last_step, _warned=self._warned)
+        grown.w0_norm2[:len(self.w0_norm2)] = self.w0_norm2
+        grown._unknown_scale[:len(self._unknown_scale)] = self._unknown_scale
+        return grown
+
     def restart_unknown(self) -> None:
         """Forget the skipped-step corrections of the unseen-momentum shares (a state_dict sets new ones)."""
         self._unknown_scale = np.ones(len(self.slot_layer))

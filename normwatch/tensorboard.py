@@ -62,6 +62,7 @@ class Sink:
         self._writer = writer
         self._enabled = enabled
         self._to_points = to_points
+        self._preamble_fn = preamble
         self._preamble: Callable[[Any], None] | None = None if writer is None else preamble
         self._close_writer = close_writer
         self.keep_history = keep_history or (writer is None and enabled)
@@ -72,6 +73,11 @@ class Sink:
         self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="normwatch-writer", daemon=True)
         self._thread.start()
+
+    def rewrite_preamble(self) -> None:
+        """Write the preamble again before the next points (call while the thread is idle: after drain())."""
+        if self._writer is not None:
+            self._preamble = self._preamble_fn
 
     def put(self, batch: Batch) -> None:
         if self._enabled:

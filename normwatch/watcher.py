@@ -148,6 +148,8 @@ class Watcher:
         self._confirm = confirm
         self._family = update.family_of(optimizer)
         self._layers: list[Layer] = []
+        self._waiting: list[Layer] = []  # detected layers whose parameters are not (yet) in the optimizer
+        self._groups_seen = 0  # len(optimizer.param_groups) when the waiting layers were last checked
         self._slots: list[_Slot] = []
         self._detected = False
         self._detecting = False  # inside detection's own forwards
@@ -187,7 +189,8 @@ class Watcher:
     # -- public API --------------------------------------------------------------------------------------
     @property
     def layers(self) -> list[Layer]:
-        """The scale-invariant layers recorded (empty until the first training-mode forward)."""
+        """The scale-invariant layers recorded (empty until the first training-mode forward; a layer whose
+        parameters a param group adds later joins at that step)."""
         return list(self._layers)
 
     @property
@@ -361,46 +364,78 @@ class Watcher:
     def _setup(self, layers: list[Layer], said: bool) -> None:
         base = unwrap(self._model)
         params = dict(base.named_parameters(remove_duplicate=False))
-        group_of = {id(p): i for i, group in enumerate(self._optimizer.param_groups) for p in group["params"]}
         self._sharded = any(_dist.is_dtensor(params[n]) for layer in layers for n in layer.params)
         if not self._writes and not self._sharded:  # DDP: rank 0 has the same numbers; the others rest
             self._layers = layers
             return
-        kept: list[Layer] = []
-        for layer in layers:
-            missing = [n for n in layer.params if id(params[n]) not in group_of]
-            if missing:
-                warn(f"normwatch: layer {layer.name!r} is not recorded: {', '.join(missing)} is not "
-                     "in this optimizer's param groups.")
-                continue
-            for name in layer.params:
-                p = params[name]
-                shard = _dist.local(p.detach())
-                self._slots.append(_Slot(name, len(kept), p, group_of[id(p)],
-                                         torch.empty_like(shard, memory_format=torch.preserve_format),
-                                         torch.zeros_like(shard, memory_format=torch.preserve_format)))
-            kept.append(layer)
-        self._layers = kept
-        if not kept and (layers or said):
+        self._waiting = layers
+        ready = self._ready_layers()
+        for layer in self._waiting:
+            missing = [n for n in layer.params if n not in self._in_optimizer()]
+            warn(f"normwatch: layer {layer.name!r} is recorded from the step its parameters join this optimizer "
+                 f"({', '.join(missing)} not in its param groups yet).")
+        if not ready and (layers or said):
             return  # _select, the failed detection or the loop above said why
-        if not kept:
+        if not ready:
             warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
                  "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
                  "only through a normalisation that uses batch statistics (BatchNorm in training "
                  "mode, GroupNorm, LayerNorm).", RuntimeWarning)
             return
-        device = self._slots[0].param.device
-        self._ring = torch.zeros(self._flush_every, len(self._slots), len(stats.SUMS), device=device)
-        self._ring_skipped = torch.zeros(self._flush_every, device=device)
-        numel = [sum(s.param.numel() for s in self._slots if s.layer == i) for i in range(len(kept))]
-        self._recorder = Recorder([layer.name for layer in kept], [s.layer for s in self._slots], numel,
-                                  self._family, self.every, skipped_total=self._recorder.skipped_total)
+        self._add_layers(ready)
         self._notes()
         self._adopt_optimizer_state(self._pending_state["memory"] if self._pending_state else ())
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.load_state_dict(state)
         self._say_withheld()
+
+    def _in_optimizer(self) -> set[str]:
+        """Names of the model's parameters that this optimizer steps."""
+        stepped = {id(p) for group in self._optimizer.param_groups for p in group["params"]}
+        return {n for n, p in unwrap(self._model).named_parameters(remove_duplicate=False) if id(p) in stepped}
+
+    def _ready_layers(self) -> list[Layer]:
+        """Take the waiting layers whose parameters are all in the optimizer now."""
+        self._groups_seen = len(self._optimizer.param_groups)
+        stepped = self._in_optimizer()
+        ready = [layer for layer in self._waiting if all(n in stepped for n in layer.params)]
+        self._waiting = [layer for layer in self._waiting if layer not in ready]
+        return ready
+
+    def _add_layers(self, layers: list[Layer]) -> None:
+        """Slots, ring buffer and recorder for ``layers``, after the layers already recorded."""
+        params = dict(unwrap(self._model).named_parameters(remove_duplicate=False))
+        group_of = {id(p): i for i, group in enumerate(self._optimizer.param_groups) for p in group["params"]}
+        first_new_slot = len(self._slots)
+        for layer in layers:
+            for name in layer.params:
+                p = params[name]
+                shard = _dist.local(p.detach())
+                self._slots.append(_Slot(name, len(self._layers), p, group_of[id(p)],
+                                         torch.empty_like(shard, memory_format=torch.preserve_format),
+                                         torch.zeros_like(shard, memory_format=torch.preserve_format)))
+            self._layers.append(layer)
+        device = self._slots[0].param.device
+        self._ring = torch.zeros(self._flush_every, len(self._slots), len(stats.SUMS), device=device)
+        self._ring_skipped = torch.zeros(self._flush_every, device=device)
+        numel = [sum(s.param.numel() for s in self._slots if s.layer == i) for i in range(len(self._layers))]
+        names, slot_layer = [layer.name for layer in self._layers], [s.layer for s in self._slots]
+        self._recorder = (Recorder(names, slot_layer, numel, self._family, self.every,
+                                   skipped_total=self._recorder.skipped_total) if first_new_slot == 0
+                          else self._recorder.extended(names, slot_layer, numel))
+
+    def _join_waiting(self) -> None:
+        """A param group was added: record the waiting layers it completes from this step on."""
+        ready = self._ready_layers()
+        if not ready:
+            return
+        self.flush()  # batches of the old shape are written first (a host sync, once per new param group)
+        known = {s.name for s in self._slots}
+        self._add_layers(ready)
+        self._adopt_optimizer_state(known)
+        self._say_withheld()
+        self._sink.rewrite_preamble()  # the custom-scalars layout and config with the new layers
 
     def _adopt_optimizer_state(self, known: Sequence[str] = ()) -> None:
         """Start from the optimizer's state when it has stepped before normwatch saw it (no state_dict loaded).
@@ -475,7 +510,11 @@ class Watcher:
         Runs in the step pre-hook, or, when the forward runs inside ``step(closure)`` (Lightning) and
         detection happens there, right after detection: either way before the update touches w.
         """
-        if not self._slots or self._armed:
+        if self._armed or not (self._slots or self._waiting):
+            return
+        if self._waiting and len(self._optimizer.param_groups) != self._groups_seen:
+            self._join_waiting()
+        if not self._slots:
             return
         optimizer = self._optimizer
         self._armed = True

@@ -2,7 +2,7 @@
 
 (test_watcher.py covers GradScaler skips with fused SGD, accumulation with clipping, param groups,
 schedulers, None gradients and ``torch.compile(model)``.) Here: bf16 autocast, channels_last,
-``zero_grad(set_to_none=False)``, frozen parameters, a param group added later, fused Adam/AdamW with
+``zero_grad(set_to_none=False)``, frozen parameters, a layer whose param group is added later, fused Adam/AdamW with
 and without a GradScaler, and a compiled optimizer step.
 
 The float64 reference is plain SGD without momentum, where every metric has a closed form in w_t, g and
@@ -189,25 +189,33 @@ def test_frozen_conv_is_not_recorded_and_the_others_are_exact(tmp_path, in_optim
             captured = _train(model, opt, _batches(4), layers=("4",))
     assert not any(tag.endswith("/0") for tag in watch.history)
     if not in_optimizer:
-        assert any("layer '0' is not recorded" in str(w.message) for w in caught)
+        assert any("layer '0' is recorded from the step its parameters join" in str(w.message) for w in caught)
     _assert_matches(watch.history, "4", _reference(captured["4"]), rel=1e-5, steps=[0, 1, 2, 3])
 
 
-def test_param_group_added_later_leaves_the_recorded_layers_exact(tmp_path) -> None:
+def test_a_layer_whose_param_group_is_added_later_is_recorded_from_then_on(tmp_path) -> None:
+    """Progressive unfreezing: layer 4 joins the optimizer at step 2 with its own lr. From then on it is
+    recorded exactly; layer 0 is unaffected; the custom-scalars layout is rewritten with both layers."""
     model = _net()
     late = list(model[4].parameters())
     opt = _sgd([p for p in model.parameters() if all(p is not q for q in late)])
     batches = _batches(5)
-    captured = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
-            captured += _train(model, opt, batches[:2])["0"]
+            early = _train(model, opt, batches[:2], layers=("0",))
             opt.add_param_group({"params": late, "lr": 0.1})
-            captured += _train(model, opt, batches[2:])["0"]
-    assert any("layer '4' is not recorded" in str(w.message) for w in caught)
-    assert [layer.name for layer in watch.layers] == ["0"]
-    _assert_matches(watch.history, "0", _reference(captured), rel=1e-5, steps=[0, 1, 2, 3, 4])
+            rest = _train(model, opt, batches[2:], layers=("0", "4"))
+    assert sum("layer '4' is recorded from the step its parameters join" in str(w.message) for w in caught) == 1
+    assert [layer.name for layer in watch.layers] == ["0", "4"]
+    _assert_matches(watch.history, "0", _reference(early["0"] + rest["0"]), rel=1e-5, steps=[0, 1, 2, 3, 4])
+    _assert_matches(watch.history, "4", _reference(rest["4"], lr=0.1), rel=1e-5, steps=[2, 3, 4])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    layouts = [e.tensor_proto.string_val[0] for e in events.Tensors("custom_scalars__config__")]
+    assert len(layouts) == 2 and b"normwatch: 4" not in layouts[0] and b"normwatch: 4" in layouts[1]
 
 
 # -- fused optimizers and AMP scaling --------------------------------------------------------------------------------
