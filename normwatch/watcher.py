@@ -37,6 +37,7 @@ from normwatch.kernels import fused_tensor_step, tensor_step
 from normwatch.records import UNKNOWN_TOLERANCE, Batch, Recorder
 
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Watcher] = weakref.WeakKeyDictionary()
+_NOT_STEPPED = update.Hyper("unknown", 0.0, 0.0, 0.0, 0.0, False, 0.0)  # a tensor no param group holds
 DETECTION_TRIES = 3  # training forwards on which detection may fail before normwatch gives up
 
 
@@ -47,7 +48,7 @@ class _Slot:
     name: str
     layer: int
     param: nn.Parameter
-    group: int
+    group: int | None  # index in optimizer.param_groups; None while the optimizer does not step it
     snapshot: torch.Tensor  # w_t, copied before each recorded step
     memory: torch.Tensor  # the gradient memory v (see normwatch.update)
     unknown: float = 0.0  # weight in v of optimizer state from before attach, which normwatch cannot split
@@ -149,13 +150,14 @@ class Watcher:
         self._family = update.family_of(optimizer)
         self._layers: list[Layer] = []
         self._waiting: list[Layer] = []  # detected layers whose parameters are not (yet) in the optimizer
-        self._groups_seen = 0  # len(optimizer.param_groups) when the waiting layers were last checked
+        self._groups_key: tuple[tuple[int, int], ...] = ()  # the param groups the slots' group indices follow
         self._slots: list[_Slot] = []
         self._detected = False
         self._detecting = False  # inside detection's own forwards
         self._detection_failures = 0
         self._warn_undetected = True  # a step with no detection yet says why, once (integrations say it their way)
-        self._said_withheld = False
+        self._said_withheld: set[str] = set()  # layers the withheld-split warning named
+        self._said_family = False
         self._compiled_call: Any = None  # Module.compile()'s compiled __call__, set aside until detection
         self._closed = False
         self._calls = 0  # step-hook calls so far (skipped AMP steps included until the writer drops them)
@@ -163,7 +165,7 @@ class Watcher:
         self._in_step = False  # between the step pre-hook and post-hook
         self._armed = False  # this step will be processed by the post-hook
         self._first: list[bool] = []
-        self._pending_state: dict[str, Any] | None = None
+        self._resume: dict[str, Any] | None = None  # a loaded state_dict, for the tensors it names as they join
         self._ring = self._ring_skipped = torch.empty(0)
         self._n = 0
         self._meta: list[tuple[Any, ...]] = []  # per record: call, step, hypers, time, unknown, decays
@@ -253,25 +255,32 @@ class Watcher:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (applied after detection if that has not happened yet)."""
+        """Continue from :meth:`state_dict`: the step count now, each layer's and tensor's state as it is
+        recorded (at detection, or when a param group adds it)."""
         if state.get("version") != 1:
             raise ValueError(f"Unknown normwatch state version {state.get('version')!r}.")
-        if not self._detected:
-            self._pending_state = state
-            self._calls = int(state["step"])
-            return
-        self.flush()  # the writer thread is idle while the recorder changes
+        if self._slots:
+            self.flush()  # the writer thread is idle while the recorder changes
         self._calls = int(state["step"])
         self._recorder.skipped_total = 0
-        for i, layer in enumerate(self._layers):
-            if layer.name in state["w0_norm2"]:
-                self._recorder.w0_norm2[i] = state["w0_norm2"][layer.name]
-        for slot in self._slots:
+        self._resume = state
+        if self._slots:
+            self._restore(range(len(self._layers)), self._slots)
+            self._recorder.restart_unknown()
+            self._say_withheld()
+
+    def _restore(self, layers: range, slots: Sequence[_Slot]) -> None:
+        """Apply the loaded state to these layers and tensors: |w_0|², gradient memories, unseen shares."""
+        state = self._resume
+        if state is None:
+            return
+        for i in layers:
+            if self._layers[i].name in state["w0_norm2"]:
+                self._recorder.w0_norm2[i] = state["w0_norm2"][self._layers[i].name]
+        for slot in slots:
             if slot.name in state["memory"]:
                 slot.memory.copy_(state["memory"][slot.name])
                 slot.unknown = float(state.get("unknown", {}).get(slot.name, 0.0))
-        self._recorder.restart_unknown()
-        self._say_withheld()
 
     def __enter__(self) -> Watcher:
         return self
@@ -382,13 +391,7 @@ class Watcher:
                  "only through a normalisation that uses batch statistics (BatchNorm in training "
                  "mode, GroupNorm, LayerNorm).", RuntimeWarning)
             return
-        self._add_layers(ready)
-        self._notes()
-        self._adopt_optimizer_state(self._pending_state["memory"] if self._pending_state else ())
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.load_state_dict(state)
-        self._say_withheld()
+        self._join(ready)
 
     def _in_optimizer(self) -> set[str]:
         """Names of the model's parameters that this optimizer steps."""
@@ -397,7 +400,7 @@ class Watcher:
 
     def _ready_layers(self) -> list[Layer]:
         """Take the waiting layers whose parameters are all in the optimizer now."""
-        self._groups_seen = len(self._optimizer.param_groups)
+        self._groups_key = self._groups_now()
         stepped = self._in_optimizer()
         ready = [layer for layer in self._waiting if all(n in stepped for n in layer.params)]
         self._waiting = [layer for layer in self._waiting if layer not in ready]
@@ -425,19 +428,39 @@ class Watcher:
                                    skipped_total=self._recorder.skipped_total) if first_new_slot == 0
                           else self._recorder.extended(names, slot_layer, numel))
 
-    def _join_waiting(self) -> None:
-        """A param group was added: record the waiting layers it completes from this step on."""
-        ready = self._ready_layers()
-        if not ready:
-            return
-        self.flush()  # batches of the old shape are written first (a host sync, once per new param group)
-        known = {s.name for s in self._slots}
-        self._add_layers(ready)
-        self._adopt_optimizer_state(known)
+    def _join(self, layers: list[Layer]) -> None:
+        """Start recording ``layers``: their tensors' state from a loaded state_dict, else from the optimizer's."""
+        first_layer, first_slot = len(self._layers), len(self._slots)
+        self._add_layers(layers)
+        joined = range(first_layer, len(self._layers))
+        self._notes(joined)
+        self._adopt_optimizer_state(self._slots[first_slot:])
+        self._restore(joined, self._slots[first_slot:])
         self._say_withheld()
-        self._sink.rewrite_preamble()  # the custom-scalars layout and config with the new layers
 
-    def _adopt_optimizer_state(self, known: Sequence[str] = ()) -> None:
+    def _groups_now(self) -> tuple[tuple[int, int], ...]:
+        return tuple((id(group), len(group["params"])) for group in self._optimizer.param_groups)
+
+    def _regroup(self) -> None:
+        """The param groups changed: each tensor's group index again (None: no longer stepped, so not recorded),
+        the optimizer's family, and the waiting layers a new group completes, recorded from this step on."""
+        self._groups_key = self._groups_now()
+        group_of = {id(p): i for i, group in enumerate(self._optimizer.param_groups) for p in group["params"]}
+        for slot in self._slots:
+            slot.group = group_of.get(id(slot.param))
+        family = update.family_of(self._optimizer)
+        if family != self._family:
+            self.flush()  # the recorder's family changes with the batches written so far
+            warn(f"normwatch: with its new param groups {type(self._optimizer).__name__} follows no rule normwatch "
+                 "knows (maximize?): from this step no shrink/growth split and no theory.", RuntimeWarning)
+            self._family = self._recorder.family = family
+        ready = self._ready_layers() if self._waiting else []
+        if ready:
+            self.flush()  # batches of the old shape are written first (a host sync, once per new param group)
+            self._join(ready)
+            self._sink.rewrite_preamble()  # the custom-scalars layout and config with the new layers
+
+    def _adopt_optimizer_state(self, slots: Sequence[_Slot]) -> None:
         """Start from the optimizer's state when it has stepped before normwatch saw it (no state_dict loaded).
 
         Its momentum (SGD, LARS) or first moment (Adam) then holds gradients and, under weight decay except
@@ -447,8 +470,9 @@ class Watcher:
         """
         if self._family == "unknown":
             return  # no split; the memory is normwatch's own moving average, started afresh
-        for slot in self._slots:
-            if slot.name in known:  # a state_dict about to be loaded restores this memory
+        known = self._resume["memory"] if self._resume is not None else {}
+        for slot in slots:
+            if slot.name in known:  # the loaded state_dict restores this memory
                 continue
             state = self._optimizer.state.get(slot.param, {})
             buffer = state.get("momentum_buffer") if self._family in ("sgd", "lars") else state.get("exp_avg")
@@ -460,35 +484,39 @@ class Watcher:
                 slot.unknown = 1.0
 
     def _say_withheld(self) -> None:
-        """One warning, the first time some layer's split waits for unseen momentum to decay."""
-        withheld = sorted({self._layers[s.layer].name for s in self._slots if s.unknown > UNKNOWN_TOLERANCE})
-        if withheld and not self._said_withheld:
-            self._said_withheld = True
+        """One warning naming the layers whose split newly waits for unseen momentum to decay."""
+        withheld = sorted({self._layers[s.layer].name for s in self._slots if s.unknown > UNKNOWN_TOLERANCE}
+                          - self._said_withheld)
+        if withheld:
+            self._said_withheld.update(withheld)
             warn(f"normwatch: {type(self._optimizer).__name__} has momentum from steps normwatch did not see "
                  "(attached mid-run, resumed without normwatch's state_dict, or before detection), so the "
                  f"shrink/growth/cross split and grad_autocorr of {', '.join(withheld)} are withheld until that "
                  f"momentum has decayed below {UNKNOWN_TOLERANCE:g}; every other metric is recorded.",
                  RuntimeWarning)
 
-    def _notes(self) -> None:
-        """One line for each reason a theory tag will be missing."""
+    def _notes(self, layers: range) -> None:
+        """One line for each reason a theory tag of these (newly recorded) layers will be missing."""
         name = type(self._optimizer).__name__
         if self._family == "unknown":
-            warn(f"normwatch: {name} is not one of SGD, Adam, AdamW or normwatch.optim.LARS (or uses "
-                 "maximize): every measured metric is recorded, but no shrink/growth split and no "
-                 "theory applies.")
+            if not self._said_family:
+                self._said_family = True
+                warn(f"normwatch: {name} is not one of SGD, Adam, AdamW or normwatch.optim.LARS (or uses "
+                     "maximize): every measured metric is recorded, but no shrink/growth split and no "
+                     "theory applies.")
             return
         for index, group in enumerate(self._optimizer.param_groups):
-            layers = sorted({self._layers[s.layer].name for s in self._slots if s.group == index})
-            if layers and not group.get("weight_decay"):
+            names = sorted({self._layers[s.layer].name for s in self._slots if s.group == index and s.layer in layers})
+            if names and not group.get("weight_decay"):
                 warn(f"normwatch: param group {index} of {name} has weight_decay=0, so |w| has no "
-                     f"equilibrium: no theory tags for {', '.join(layers)}.")
+                     f"equilibrium: no theory tags for {', '.join(names)}.")
 
     def _preamble(self, writer: Any) -> None:
         if not self._layers:
             return
         writer.add_custom_scalars(tensorboard.custom_layout([layer.name for layer in self._layers]))
-        group = self._optimizer.param_groups[self._slots[0].group]
+        index = self._slots[0].group
+        group = self._optimizer.param_groups[index] if index is not None else {}
         config = {
             "optimizer": type(self._optimizer).__name__, "family": self._family, "every": self.every,
             "nesterov": bool(group.get("nesterov", False)), "dampening": float(group.get("dampening", 0.0) or 0.0),
@@ -512,8 +540,8 @@ class Watcher:
         """
         if self._armed or not (self._slots or self._waiting):
             return
-        if self._waiting and len(self._optimizer.param_groups) != self._groups_seen:
-            self._join_waiting()
+        if self._groups_now() != self._groups_key:  # a param group added (or removed) since the last step
+            self._regroup()
         if not self._slots:
             return
         optimizer = self._optimizer
@@ -559,14 +587,15 @@ class Watcher:
         found_inf = getattr(optimizer, "found_inf", None)
         family = self._family
         hypers = {i: update.hyper(family, optimizer.param_groups[i], self._ema_beta)
-                  for i in {s.group for s in self._slots}}
+                  for i in {s.group for s in self._slots} if i is not None}
+        hypers[None] = _NOT_STEPPED
         rows, decays = [], {}
         with torch.no_grad():
             for slot, first in zip(self._slots, self._first):
                 g = slot.param.grad
                 if g is not None and self._sharded:
                     g = _dist.local(g)
-                if g is None:
+                if g is None or slot.group is None:
                     if self._recording:
                         rows.append(stats.absent_row(self._ring.device))
                     continue

@@ -38,10 +38,11 @@ def _messages(caught) -> list[str]:
 
 
 # -- attached mid-run ---------------------------------------------------------------------------------------
-OPTIMIZERS = {
+OPTIMIZERS = {  # the optimizer, and the rate at which the momentum it hides decays (None: it hides none)
     "sgd-nesterov": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, nesterov=True, weight_decay=5e-3), 0.5),
-    "adam-l2": (lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.5, 0.999), weight_decay=1e-2), 0.5),
-    "adamw": (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=5e-2), None),
+    "adam-l2": (lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.6, 0.999), weight_decay=1e-2), 0.6),
+    "adamw": (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=5e-2), None),  # m holds gradients alone
+    "sgd-no-decay": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5), None),  # so does the buffer
 }
 
 
@@ -51,7 +52,8 @@ def test_attaching_mid_run_withholds_only_what_the_optimizer_state_hides(tmp_pat
     which need the momentum's gradient-only part, start once the unseen part weighs μᵏ ≤ 1e-6 (AdamW's moment
     is gradients alone: nothing waits)."""
     make, mu = OPTIMIZERS[name]
-    batches, late = _batches(30), 6
+    steps, late = 40, 6
+    batches = _batches(steps)
     runs = {}
     for start in (0, late):
         model = _model()
@@ -70,16 +72,18 @@ def test_attaching_mid_run_withholds_only_what_the_optimizer_state_hides(tmp_pat
     (full, _), (partial, messages) = runs[0], runs[late]
     withheld = [m for m in messages if "momentum from steps normwatch did not see" in m]
     assert len(withheld) == (0 if mu is None else 1)
+    assert set(partial) == {tag for tag in full if not tag.startswith("normwatch/w_norm2_rel")} | {
+        tag for tag in partial if tag.startswith("normwatch/w_norm2_rel")}  # nothing else is missing
     first = late if mu is None else late + next(k for k in range(100) if mu ** (k + 1) <= 1e-6)
     for tag, points in partial.items():
         metric = tag.split("/")[1]
         if metric == "w_norm2_rel":  # |w|²/|w_0|², w_0 the weight at attach by definition
             continue
-        steps = [s for s, _ in points]
+        recorded = [s for s, _ in points]
         if metric in ("shrink", "growth", "cross", "grad_autocorr"):
-            assert steps == list(range(first, 30)), tag
+            assert recorded == list(range(first, steps)), tag
         else:
-            assert steps == list(range(late, 30)), tag
+            assert recorded == list(range(late, steps)), tag
         expected = dict(full[tag])
         for s, value in points:
             assert value == pytest.approx(expected[s], rel=1e-4, abs=1e-7 * max(1.0, abs(expected[s]))), (tag, s)
@@ -422,3 +426,121 @@ def test_a_layer_whose_tensors_do_not_all_get_a_gradient_is_skipped_with_a_warni
                 _step(model, opt, x, y)
     assert sum("some of them got no gradient" in m for m in _messages(caught)) == 1
     assert "normwatch/w_norm2/4" not in watch.history and len(watch.history["normwatch/w_norm2/0"]) == 3
+
+
+# -- param groups that change during training -----------------------------------------------------------------
+def _layer_tags(history: dict, layer: str) -> dict:
+    return {tag: points for tag, points in history.items() if tag.endswith(f"/{layer}")}
+
+
+def test_a_layer_joining_while_the_split_waits_with_skipped_steps(tmp_path) -> None:
+    """Fused SGD under a GradScaler, attached mid-run (the split of layer 0 waits), steps 5, 7, 8 skipped, layer
+    4's group added at step 6: layer 0 as without the join; layer 4 as a Watcher attached at the join."""
+    mu, late, join, skips = 0.5, 3, 6, (5, 7, 8)
+    batches = _batches(40)
+
+    def run(mode: str) -> dict:
+        model = _model()
+        body = list(model[4].parameters())
+        opt = torch.optim.SGD([p for p in model.parameters() if all(p is not q for q in body)], lr=0.05,
+                              momentum=mu, weight_decay=5e-3, fused=True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1000)
+        step, watch = [0], None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, (x, y) in enumerate(batches):
+                if i == late and mode in ("join", "layer-0-only"):
+                    watch = normwatch.attach(model, opt, logdir=str(tmp_path / mode), keep_history=True,
+                                             flush_every=2, step_fn=lambda: step[0],
+                                             layers=["0"] if mode == "layer-0-only" else None)
+                if i == join:
+                    opt.add_param_group({"params": body, "lr": 0.1})
+                    if mode == "attached-at-join":
+                        watch = normwatch.attach(model, opt, logdir=str(tmp_path / mode), keep_history=True,
+                                                 flush_every=2, step_fn=lambda: step[0])
+                opt.zero_grad()
+                scaler.scale(F.cross_entropy(model(x), y)).backward()
+                if i in skips:
+                    model[0].weight.grad[0, 0, 0, 0] = float("inf")
+                scaler.step(opt)
+                scaler.update()
+                step[0] += 1
+            watch.close()
+        return watch.history
+
+    joined, alone, fresh = run("join"), run("layer-0-only"), run("attached-at-join")
+    assert_same_history(_layer_tags(joined, "0"), _layer_tags(alone, "0"), rel=1e-6, abs=1e-12)
+    assert set(_layer_tags(joined, "0")) == set(_layer_tags(alone, "0"))
+    assert_same_history(_layer_tags(joined, "4"), _layer_tags(fresh, "4"), rel=1e-6, abs=1e-12)
+    assert set(_layer_tags(joined, "4")) == set(_layer_tags(fresh, "4"))
+
+
+def test_removing_a_param_group_stops_its_layers_and_keeps_the_others_lr(tmp_path) -> None:
+    """Layer 0's group is removed after 2 steps: layer 0 stops, layer 4 (now group 0) keeps its own lr."""
+    model = _model()
+    first = [model[0].weight]
+    rest = [p for p in model.parameters() if p is not model[0].weight]
+    opt = torch.optim.SGD([{"params": first, "lr": 0.2}, {"params": rest, "lr": 0.05}], momentum=0.9,
+                          weight_decay=5e-3)
+    with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
+        for i, (x, y) in enumerate(_batches(4)):
+            if i == 2:
+                opt.param_groups.pop(0)
+            _step(model, opt, x, y)
+    history = watch.history
+    assert [s for s, _ in history["normwatch/w_norm2/0"]] == [0, 1]
+    assert history["normwatch/lr/4"] == [(0, 0.05), (1, 0.05), (2, 0.05), (3, 0.05)]
+
+
+def test_a_resumed_state_reaches_layers_that_join_after_detection(tmp_path) -> None:
+    """Saved with both layers recorded; resumed where layer 4's group comes back only after the first step:
+    layer 4 continues its curves (|w_0|², memory) instead of starting over from the optimizer's state."""
+    model = _model()
+    body = list(model[4].parameters())
+    head = [p for p in model.parameters() if all(p is not q for q in body)]
+    opt = torch.optim.SGD([{"params": head}, {"params": body}], lr=0.05, momentum=0.9, weight_decay=5e-3)
+    batches = _batches(8)
+    with normwatch.attach(model, opt, logdir=str(tmp_path / "a"), keep_history=True) as watch:
+        for x, y in batches:
+            _step(model, opt, x, y)
+        straight = watch.history
+    model = _model()
+    body = list(model[4].parameters())
+    head = [p for p in model.parameters() if all(p is not q for q in body)]
+    opt = torch.optim.SGD([{"params": head}, {"params": body}], lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with normwatch.attach(model, opt, logdir=str(tmp_path / "b")) as watch:
+        for x, y in batches[:4]:
+            _step(model, opt, x, y)
+        saved = watch.state_dict()
+    body_group = opt.param_groups.pop(1)  # resumed without it at first: layer 4 is frozen for one step
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path / "c"), keep_history=True) as watch:
+            watch.load_state_dict(saved)
+            _step(model, opt, *batches[4])
+            opt.add_param_group(body_group)
+            for x, y in batches[5:]:
+                _step(model, opt, x, y)
+    assert not [m for m in _messages(caught) if "did not see" in m]
+    resumed = watch.history
+    assert [s for s, _ in resumed["normwatch/shrink/4"]] == [5, 6, 7]  # its memory restored: nothing waits
+    w0_norm2 = straight["normwatch/w_norm2/4"][0][1]  # |w_0|² of the first run, not of the join
+    assert [v for _, v in resumed["normwatch/w_norm2_rel/4"]] == pytest.approx(
+        [v / w0_norm2 for _, v in resumed["normwatch/w_norm2/4"]], rel=1e-6)
+
+
+def test_a_joining_group_without_weight_decay_gets_its_note(tmp_path) -> None:
+    model = _model()
+    body = list(model[4].parameters())
+    opt = torch.optim.SGD([p for p in model.parameters() if all(p is not q for q in body)], lr=0.05,
+                          momentum=0.9, weight_decay=5e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
+            _step(model, opt, *_batches(1)[0])
+            opt.add_param_group({"params": body, "weight_decay": 0.0})
+            for x, y in _batches(2, seed=2):
+                _step(model, opt, x, y)
+    assert any("param group 1 of SGD has weight_decay=0" in m and "no theory tags for 4" in m
+               for m in _messages(caught))
+    assert "normwatch/lars_theory/4" not in watch.history and "normwatch/w_norm2/4" in watch.history
