@@ -150,7 +150,7 @@ class Watcher:
         self._family = update.family_of(optimizer)
         self._layers: list[Layer] = []
         self._waiting: list[Layer] = []  # detected layers whose parameters are not (yet) in the optimizer
-        self._groups_key: tuple[tuple[int, int], ...] = ()  # the param groups the slots' group indices follow
+        self._groups_key: list[tuple[dict[str, Any], tuple[Any, ...]]] = []  # the groups slot indices follow
         self._slots: list[_Slot] = []
         self._detected = False
         self._detecting = False  # inside detection's own forwards
@@ -246,12 +246,18 @@ class Watcher:
                                "before closing.")
         self.flush()
         unknown = self._recorder.unknown_now([slot.unknown for slot in self._slots])
+        recorded = {slot.name for slot in self._slots} | {layer.name for layer in self._layers}
+        loaded = {key: {name: value for name, value in (self._resume or {}).get(key, {}).items()
+                        if name not in recorded}  # loaded for layers not recorded yet: kept for the next resume
+                  for key in ("w0_norm2", "memory", "unknown")}
         return {
             "version": 1,
             "step": self.step,
-            "w0_norm2": dict(zip([layer.name for layer in self._layers], self._recorder.w0_norm2.tolist())),
-            "memory": {slot.name: slot.memory.detach().clone() for slot in self._slots},
-            "unknown": {slot.name: share for slot, share in zip(self._slots, unknown) if share > 0},
+            "w0_norm2": {**loaded["w0_norm2"],
+                         **dict(zip([layer.name for layer in self._layers], self._recorder.w0_norm2.tolist()))},
+            "memory": {**loaded["memory"], **{slot.name: slot.memory.detach().clone() for slot in self._slots}},
+            "unknown": {**loaded["unknown"],
+                        **{slot.name: share for slot, share in zip(self._slots, unknown) if share > 0}},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -268,6 +274,12 @@ class Watcher:
             self._restore(range(len(self._layers)), self._slots)
             self._recorder.restart_unknown()
             self._say_withheld()
+
+    def _forget_stepped(self) -> None:
+        """Drop the loaded memories of tensors the optimizer steps while their layer waits: stale by then."""
+        stepping = self._in_optimizer() - {slot.name for slot in self._slots}
+        for name in stepping & set(self._resume["memory"]):
+            self._resume = {**self._resume, "memory": {k: v for k, v in self._resume["memory"].items() if k != name}}
 
     def _restore(self, layers: range, slots: Sequence[_Slot]) -> None:
         """Apply the loaded state to these layers and tensors: |w_0|², gradient memories, unseen shares."""
@@ -438,8 +450,16 @@ class Watcher:
         self._restore(joined, self._slots[first_slot:])
         self._say_withheld()
 
-    def _groups_now(self) -> tuple[tuple[int, int], ...]:
-        return tuple((id(group), len(group["params"])) for group in self._optimizer.param_groups)
+    def _groups_now(self) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
+        """Each param group and its parameters, held, so compared by identity (no reused ids)."""
+        return [(group, tuple(group["params"])) for group in self._optimizer.param_groups]
+
+    def _groups_changed(self) -> bool:
+        """Whether a group was added, removed or replaced, or its parameters changed (a few µs per step)."""
+        now, then = self._optimizer.param_groups, self._groups_key
+        return len(now) != len(then) or any(
+            group is not old or len(new := group["params"]) != len(params) or not all(map(operator.is_, new, params))
+            for group, (old, params) in zip(now, then))
 
     def _regroup(self) -> None:
         """The param groups changed: each tensor's group index again (None: no longer stepped, so not recorded),
@@ -451,16 +471,21 @@ class Watcher:
         family = update.family_of(self._optimizer)
         if family != self._family:
             self.flush()  # the recorder's family changes with the batches written so far
-            warn(f"normwatch: with its new param groups {type(self._optimizer).__name__} follows no rule normwatch "
-                 "knows (maximize?): from this step no shrink/growth split and no theory.", RuntimeWarning)
+            if family == "unknown":
+                warn(f"normwatch: with its new param groups {type(self._optimizer).__name__} follows no rule "
+                     "normwatch knows (maximize?): from this step no shrink/growth split and no theory.",
+                     RuntimeWarning)
             self._family = self._recorder.family = family
+            if family != "unknown":  # the memory was a moving average meanwhile: start again from the optimizer's
+                self._adopt_optimizer_state(self._slots, resumed=False)
+                self._say_withheld()
         ready = self._ready_layers() if self._waiting else []
         if ready:
             self.flush()  # batches of the old shape are written first (a host sync, once per new param group)
             self._join(ready)
             self._sink.rewrite_preamble()  # the custom-scalars layout and config with the new layers
 
-    def _adopt_optimizer_state(self, slots: Sequence[_Slot]) -> None:
+    def _adopt_optimizer_state(self, slots: Sequence[_Slot], resumed: bool = True) -> None:
         """Start from the optimizer's state when it has stepped before normwatch saw it (no state_dict loaded).
 
         Its momentum (SGD, LARS) or first moment (Adam) then holds gradients and, under weight decay except
@@ -470,7 +495,7 @@ class Watcher:
         """
         if self._family == "unknown":
             return  # no split; the memory is normwatch's own moving average, started afresh
-        known = self._resume["memory"] if self._resume is not None else {}
+        known = self._resume["memory"] if self._resume is not None and resumed else {}
         for slot in slots:
             if slot.name in known:  # the loaded state_dict restores this memory
                 continue
@@ -515,7 +540,7 @@ class Watcher:
         if not self._layers:
             return
         writer.add_custom_scalars(tensorboard.custom_layout([layer.name for layer in self._layers]))
-        index = self._slots[0].group
+        index = next((slot.group for slot in self._slots if slot.group is not None), None)
         group = self._optimizer.param_groups[index] if index is not None else {}
         config = {
             "optimizer": type(self._optimizer).__name__, "family": self._family, "every": self.every,
@@ -540,8 +565,10 @@ class Watcher:
         """
         if self._armed or not (self._slots or self._waiting):
             return
-        if self._groups_now() != self._groups_key:  # a param group added (or removed) since the last step
+        if self._groups_changed():  # a param group added (or removed) since the last step
             self._regroup()
+        if self._resume is not None and self._waiting:
+            self._forget_stepped()
         if not self._slots:
             return
         optimizer = self._optimizer

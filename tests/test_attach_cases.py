@@ -544,3 +544,103 @@ def test_a_joining_group_without_weight_decay_gets_its_note(tmp_path) -> None:
     assert any("param group 1 of SGD has weight_decay=0" in m and "no theory tags for 4" in m
                for m in _messages(caught))
     assert "normwatch/lars_theory/4" not in watch.history and "normwatch/w_norm2/4" in watch.history
+
+
+def test_a_group_swapped_for_another_of_the_same_size_is_noticed(tmp_path) -> None:
+    """Group 0 (layer 0) popped and one holding layer 4's two tensors added, also in place: whatever ids
+    CPython reuses, layer 0 stops and layer 4 starts at step 2."""
+    for how in ("replace", "in-place"):
+        model = _model()
+        body = list(model[4].parameters())
+        other = [p for p in model.parameters() if p is not model[0].weight and all(p is not q for q in body)]
+        opt = torch.optim.SGD([{"params": [model[0].weight, other[0]]}, {"params": other[1:]}], lr=0.05,
+                              momentum=0.9, weight_decay=5e-3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with normwatch.attach(model, opt, logdir=str(tmp_path / how), keep_history=True) as watch:
+                for i, (x, y) in enumerate(_batches(4)):
+                    if i == 2 and how == "replace":
+                        opt.param_groups.pop(0)
+                        opt.add_param_group({"params": body})
+                    elif i == 2:
+                        opt.param_groups[0]["params"][:] = body
+                    _step(model, opt, x, y)
+        assert [s for s, _ in watch.history["normwatch/w_norm2/0"]] == [0, 1], how
+        assert [s for s, _ in watch.history["normwatch/w_norm2/4"]] == [2, 3], how
+
+
+def test_an_optimizer_that_leaves_and_rejoins_the_known_rules_withholds_instead_of_guessing(tmp_path) -> None:
+    """A maximize group (an unrelated tensor) from step 3 to 6 makes SGD unknown to normwatch; the memory was a
+    moving average meanwhile, so after step 6 the split waits (0.9ᵏ ≤ 1e-6) rather than being wrong."""
+    model, dummy = _model(), nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
+            for i, (x, y) in enumerate(_batches(10)):
+                if i == 3:
+                    opt.add_param_group({"params": [dummy], "maximize": True})
+                if i == 6:
+                    opt.param_groups.pop(1)
+                _step(model, opt, x, y)
+    messages = _messages(caught)
+    assert sum("follows no rule normwatch knows" in m for m in messages) == 1
+    assert sum("did not see" in m for m in messages) == 1
+    assert [s for s, _ in watch.history["normwatch/shrink/0"]] == [0, 1, 2]  # unknown 3–5, waiting from 6
+    assert [s for s, _ in watch.history["normwatch/w_norm2/0"]] == list(range(10))
+
+
+def test_a_checkpoint_taken_while_a_layer_waits_keeps_its_loaded_state(tmp_path) -> None:
+    """Resumed without layer 4's group, saved again before it returns, resumed from that: layer 4 still gets
+    its first run's |w_0|² and memory (no waiting split, w_norm2_rel against the first run's w_0)."""
+    model = _model()
+    body = list(model[4].parameters())
+    head = [p for p in model.parameters() if all(p is not q for q in body)]
+    opt = torch.optim.SGD([{"params": head}, {"params": body}], lr=0.05, momentum=0.9, weight_decay=5e-3)
+    batches = _batches(8)
+    with normwatch.attach(model, opt, logdir=str(tmp_path / "a"), keep_history=True) as watch:
+        for x, y in batches[:4]:
+            _step(model, opt, x, y)
+        first, w0_norm2 = watch.state_dict(), watch.history["normwatch/w_norm2/4"][0][1]
+    body_group = opt.param_groups.pop(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path / "b")) as watch:
+            watch.load_state_dict(first)
+            _step(model, opt, *batches[4])
+            second = watch.state_dict()
+        with normwatch.attach(model, opt, logdir=str(tmp_path / "c"), keep_history=True) as watch:
+            watch.load_state_dict(second)
+            opt.add_param_group(body_group)
+            for x, y in batches[5:]:
+                _step(model, opt, x, y)
+    assert torch.equal(second["memory"]["4.weight"], first["memory"]["4.weight"])
+    assert not [m for m in _messages(caught) if "did not see" in m]
+    history = watch.history
+    assert [s for s, _ in history["normwatch/shrink/4"]] == [5, 6, 7]
+    assert [v for _, v in history["normwatch/w_norm2_rel/4"]] == pytest.approx(
+        [v / w0_norm2 for _, v in history["normwatch/w_norm2/4"]], rel=1e-6)
+
+
+def test_a_loaded_memory_goes_stale_when_its_tensor_steps_while_the_layer_waits(tmp_path) -> None:
+    """Resumed with 4.weight stepping but 4.bias not yet in the optimizer: when the bias joins, 4.weight's saved
+    memory is steps old, so it starts from the optimizer's buffer and its split waits, instead of being wrong."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    batches = _batches(8)
+    with normwatch.attach(model, opt, logdir=str(tmp_path / "a")) as watch:
+        for x, y in batches[:4]:
+            _step(model, opt, x, y)
+        saved = watch.state_dict()
+    opt.param_groups[0]["params"] = [p for p in opt.param_groups[0]["params"] if p is not model[4].bias]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with normwatch.attach(model, opt, logdir=str(tmp_path / "b"), keep_history=True) as watch:
+            watch.load_state_dict(saved)
+            for i, (x, y) in enumerate(batches[4:], start=4):
+                if i == 6:
+                    opt.add_param_group({"params": [model[4].bias]})
+                _step(model, opt, x, y)
+    assert sum("did not see" in m and "of 4 are withheld" in m for m in _messages(caught)) == 1
+    assert "normwatch/shrink/4" not in watch.history and [s for s, _ in watch.history["normwatch/w_norm2/4"]] == [6, 7]
+    assert [s for s, _ in watch.history["normwatch/shrink/0"]] == [4, 5, 6, 7]  # layer 0's memory was fresh
