@@ -22,6 +22,12 @@ def _model(seed: int = 0) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
 
 
+def _head_and_body(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Layer 4's parameters (body), and all the others (head)."""
+    body = list(model[4].parameters())
+    return [p for p in model.parameters() if all(p is not q for q in body)], body
+
+
 def _batches(n: int, seed: int = 1):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(n)]
@@ -441,9 +447,8 @@ def test_a_layer_joining_while_the_split_waits_with_skipped_steps(tmp_path) -> N
 
     def run(mode: str) -> dict:
         model = _model()
-        body = list(model[4].parameters())
-        opt = torch.optim.SGD([p for p in model.parameters() if all(p is not q for q in body)], lr=0.05,
-                              momentum=mu, weight_decay=5e-3, fused=True)
+        head, body = _head_and_body(model)
+        opt = torch.optim.SGD(head, lr=0.05, momentum=mu, weight_decay=5e-3, fused=True)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1000)
         step, watch = [0], None
         with warnings.catch_warnings():
@@ -496,8 +501,7 @@ def test_a_resumed_state_reaches_layers_that_join_after_detection(tmp_path) -> N
     """Saved with both layers recorded; resumed where layer 4's group comes back only after the first step:
     layer 4 continues its curves (|w_0|², memory) instead of starting over from the optimizer's state."""
     model = _model()
-    body = list(model[4].parameters())
-    head = [p for p in model.parameters() if all(p is not q for q in body)]
+    head, body = _head_and_body(model)
     opt = torch.optim.SGD([{"params": head}, {"params": body}], lr=0.05, momentum=0.9, weight_decay=5e-3)
     batches = _batches(8)
     with normwatch.attach(model, opt, logdir=str(tmp_path / "a"), keep_history=True) as watch:
@@ -505,8 +509,7 @@ def test_a_resumed_state_reaches_layers_that_join_after_detection(tmp_path) -> N
             _step(model, opt, x, y)
         straight = watch.history
     model = _model()
-    body = list(model[4].parameters())
-    head = [p for p in model.parameters() if all(p is not q for q in body)]
+    head, body = _head_and_body(model)
     opt = torch.optim.SGD([{"params": head}, {"params": body}], lr=0.05, momentum=0.9, weight_decay=5e-3)
     with normwatch.attach(model, opt, logdir=str(tmp_path / "b")) as watch:
         for x, y in batches[:4]:
@@ -531,9 +534,8 @@ def test_a_resumed_state_reaches_layers_that_join_after_detection(tmp_path) -> N
 
 def test_a_joining_group_without_weight_decay_gets_its_note(tmp_path) -> None:
     model = _model()
-    body = list(model[4].parameters())
-    opt = torch.optim.SGD([p for p in model.parameters() if all(p is not q for q in body)], lr=0.05,
-                          momentum=0.9, weight_decay=5e-3)
+    head, body = _head_and_body(model)
+    opt = torch.optim.SGD(head, lr=0.05, momentum=0.9, weight_decay=5e-3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True) as watch:
@@ -594,8 +596,7 @@ def test_a_checkpoint_taken_while_a_layer_waits_keeps_its_loaded_state(tmp_path)
     """Resumed without layer 4's group, saved again before it returns, resumed from that: layer 4 still gets
     its first run's |w_0|² and memory (no waiting split, w_norm2_rel against the first run's w_0)."""
     model = _model()
-    body = list(model[4].parameters())
-    head = [p for p in model.parameters() if all(p is not q for q in body)]
+    head, body = _head_and_body(model)
     opt = torch.optim.SGD([{"params": head}, {"params": body}], lr=0.05, momentum=0.9, weight_decay=5e-3)
     batches = _batches(8)
     with normwatch.attach(model, opt, logdir=str(tmp_path / "a"), keep_history=True) as watch:
