@@ -278,8 +278,9 @@ class Watcher:
     def _forget_stepped(self) -> None:
         """Drop the loaded memories of tensors the optimizer steps while their layer waits: stale by then."""
         stepping = self._in_optimizer() - {slot.name for slot in self._slots}
-        for name in stepping & set(self._resume["memory"]):
-            self._resume = {**self._resume, "memory": {k: v for k, v in self._resume["memory"].items() if k != name}}
+        memory = self._resume["memory"]
+        if stepping & set(memory):
+            self._resume = {**self._resume, "memory": {k: v for k, v in memory.items() if k not in stepping}}
 
     def _restore(self, layers: range, slots: Sequence[_Slot]) -> None:
         """Apply the loaded state to these layers and tensors: |w_0|², gradient memories, unseen shares."""
@@ -391,8 +392,9 @@ class Watcher:
             return
         self._waiting = layers
         ready = self._ready_layers()
+        stepped = self._in_optimizer()
         for layer in self._waiting:
-            missing = [n for n in layer.params if n not in self._in_optimizer()]
+            missing = [n for n in layer.params if n not in stepped]
             warn(f"normwatch: layer {layer.name!r} is recorded from the step its parameters join this optimizer "
                  f"({', '.join(missing)} not in its param groups yet).")
         if not ready and (layers or said):

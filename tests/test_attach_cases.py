@@ -39,6 +39,16 @@ def _step(model, opt, x, y) -> None:
     opt.step()
 
 
+def _scaled_step(model, opt, scaler, x, y, overflow: bool = False) -> None:
+    """One GradScaler step; ``overflow`` puts an inf in layer 0's gradient, so the step is skipped."""
+    opt.zero_grad()
+    scaler.scale(F.cross_entropy(model(x), y)).backward()
+    if overflow:
+        model[0].weight.grad[0, 0, 0, 0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+
+
 def _messages(caught) -> list[str]:
     return [str(w.message) for w in caught if str(w.message).startswith("normwatch")]
 
@@ -171,12 +181,7 @@ def test_steps_an_optimizer_skipped_do_not_count_down_the_unseen_momentum(tmp_pa
         for i, (x, y) in enumerate(_batches(40)):
             if i == late:
                 watch = normwatch.attach(model, opt, logdir=str(tmp_path), keep_history=True)
-            opt.zero_grad()
-            scaler.scale(F.cross_entropy(model(x), y)).backward()
-            if i in skips:
-                model[0].weight.grad[0, 0, 0, 0] = float("inf")
-            scaler.step(opt)
-            scaler.update()
+            _scaled_step(model, opt, scaler, x, y, overflow=i in skips)
         watch.close()
     assert watch.step == 40 - late - len(skips)
     assert next(s for s, _ in watch.history["normwatch/shrink/0"]) == first
@@ -463,12 +468,7 @@ def test_a_layer_joining_while_the_split_waits_with_skipped_steps(tmp_path) -> N
                     if mode == "attached-at-join":
                         watch = normwatch.attach(model, opt, logdir=str(tmp_path / mode), keep_history=True,
                                                  flush_every=2, step_fn=lambda: step[0])
-                opt.zero_grad()
-                scaler.scale(F.cross_entropy(model(x), y)).backward()
-                if i in skips:
-                    model[0].weight.grad[0, 0, 0, 0] = float("inf")
-                scaler.step(opt)
-                scaler.update()
+                _scaled_step(model, opt, scaler, x, y, overflow=i in skips)
                 step[0] += 1
             watch.close()
         return watch.history
