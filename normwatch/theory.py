@@ -38,7 +38,9 @@ __all__ = [
     "equilibrium",
     "lars_angle",
     "lars_ratio",
+    "seed_lars_ratio",
     "sgd_angle",
+    "sgd_equilibrium_norm",
     "sgd_lars_ratio",
     "sgd_relaxation_steps",
 ]
@@ -141,6 +143,79 @@ def sgd_lars_ratio(
     """
     ratio_sq, _ = _sgd_stationary(lr, weight_decay, momentum, dampening, nesterov)
     return math.sqrt(ratio_sq)
+
+
+def seed_lars_ratio(lr: float, weight_decay: float, momentum: float = 0.0, dampening: float = 0.0) -> float:
+    """The seed's equilibrium ``lr·|g|/|w|`` under SGD, to leading order in ηλ: ``sqrt(2ηλ(1-μ)/(1-τ))``.
+
+    For μ = 0 this is the seed's eq. 6, ``sqrt(2ηλ)``; with momentum its eq. 7. Equilibrium balances the
+    *means* of shrink and growth (``2ηλ|w|² ≈ η²|g|²`` for μ = 0), so this predicts the root mean square of
+    ``lr·|g|/|w|``. :func:`sgd_lars_ratio` gives the exact stationary value, Nesterov included.
+
+    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters, ηλ ≪ (1-μ).
+
+    Source: the seed, eqs. 6-7; dampening τ derived in docs/theory.md.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Coupled weight decay λ.
+        momentum: Momentum μ, ``0 <= μ < 1``.
+        dampening: Dampening τ, ``0 <= τ < 1``.
+
+    Returns:
+        The predicted root mean square of ``lr·|g|/|w|`` per step.
+
+    Raises:
+        ValueError: Out-of-range hyperparameters.
+
+    Example:
+        >>> round(seed_lars_ratio(0.4, 5e-4, 0.9), 5)
+        0.00632
+    """
+    lr = _check_nonneg("lr", lr)
+    weight_decay = _check_nonneg("weight_decay", weight_decay)
+    momentum = _check_unit("momentum", momentum)
+    dampening = _check_unit("dampening", dampening)
+    return math.sqrt(2.0 * lr * weight_decay * (1.0 - momentum) / (1.0 - dampening))
+
+
+def sgd_equilibrium_norm(lr: float, weight_decay: float, scale_free_grad_sq: float, momentum: float = 0.0,
+                         dampening: float = 0.0) -> float:
+    """Equilibrium norm ``|w*|`` of a scale-invariant group under SGD: ``|w*|⁴ = η(1-τ)E[G²]/(2λ(1-μ))``.
+
+    ``G = |g|·|w|`` is the scale-free gradient norm (unchanged by rescaling a scale-invariant group). The
+    norm is the rest point of the mean-field equation ``d|w|⁴/dt = -4η_eλ|w|⁴ + 2η_e²G²``,
+    ``η_e = η(1-τ)/(1-μ)``, of :func:`sgd_relaxation_steps` (leading order in ηλ). Nesterov has the same.
+
+    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters, ηλ ≪ (1-μ).
+
+    Source: docs/theory.md (equilibrium norms), consistent with the seed's eq. 7.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Coupled weight decay λ.
+        scale_free_grad_sq: E[G²] = E[(|g|·|w|)²].
+        momentum: Momentum μ, ``0 <= μ < 1``.
+        dampening: Dampening τ, ``0 <= τ <= 1``.
+
+    Returns:
+        |w*|; ``math.inf`` when λ = 0 (the norm grows without bound).
+
+    Raises:
+        ValueError: Out-of-range hyperparameters or a negative ``scale_free_grad_sq``.
+
+    Example:
+        >>> round(sgd_equilibrium_norm(0.4, 5e-4, 2 * 5e-4 * 0.1 / 0.4, 0.9), 12)
+        1.0
+    """
+    lr = _check_nonneg("lr", lr)
+    weight_decay = _check_nonneg("weight_decay", weight_decay)
+    grad_sq = _check_nonneg("scale_free_grad_sq", scale_free_grad_sq)
+    momentum = _check_unit("momentum", momentum)
+    dampening = _check_unit("dampening", dampening, closed=True)
+    if weight_decay == 0.0:
+        return math.inf
+    return (lr * (1.0 - dampening) * grad_sq / (2.0 * weight_decay * (1.0 - momentum))) ** 0.25
 
 
 def sgd_angle(

@@ -631,3 +631,28 @@ def test_relaxation_steps_edge_cases():
 def test_invalid_arguments_raise(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# The seed's leading-order ratio and the SGD equilibrium norm, against their closed forms and each other
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("lr", "wd", "mu", "tau"),
+                         [(0.4, 5e-4, 0.9, 0.0), (0.1, 1e-3, 0.0, 0.0), (0.05, 2e-3, 0.5, 0.3)])
+def test_seed_ratio_and_equilibrium_norm_agree_with_the_balance_of_shrink_and_growth(lr, wd, mu, tau):
+    """|w*| is the rest point of the mean-field balance 4η_eλ|w|⁴ = 2η_e²G² (η_e = η(1−τ)/(1−μ)), and there
+    η|g|/|w| = η·G/|w*|² is the seed's ratio √(2ηλ(1−μ)/(1−τ))."""
+    grad_sq = 0.37
+    norm = theory.sgd_equilibrium_norm(lr, wd, grad_sq, mu, tau)
+    eta_e = lr * (1 - tau) / (1 - mu)
+    assert 4 * eta_e * wd * norm**4 == pytest.approx(2 * eta_e**2 * grad_sq, rel=1e-12)
+    # η|g|/|w| at |w*| with |g| = G/|w*| is the seed's ratio
+    assert lr * math.sqrt(grad_sq) / norm**2 == pytest.approx(theory.seed_lars_ratio(lr, wd, mu, tau), rel=1e-12)
+    assert theory.seed_lars_ratio(lr, wd, mu, tau) == pytest.approx(math.sqrt(2 * lr * wd * (1 - mu) / (1 - tau)))
+
+
+def test_equilibrium_norm_without_weight_decay_is_unbounded_and_bad_input_is_refused():
+    assert theory.sgd_equilibrium_norm(0.1, 0.0, 1.0) == math.inf
+    with pytest.raises(ValueError, match="momentum"):
+        theory.seed_lars_ratio(0.1, 1e-3, 1.0)
+    with pytest.raises(ValueError, match="scale_free_grad_sq"):
+        theory.sgd_equilibrium_norm(0.1, 1e-3, -1.0)
