@@ -10,8 +10,9 @@ from typing import Any
 import normwatch
 
 # The keyword arguments of normwatch.attach that an integration passes through (it chooses model,
-# optimizer and where to write itself).
-ATTACH_OPTIONS = frozenset(inspect.signature(normwatch.attach).parameters) - {"model", "optimizer", "logdir", "writer"}
+# optimizer, where to write and the start step itself).
+ATTACH_OPTIONS = (frozenset(inspect.signature(normwatch.attach).parameters)
+                  - {"model", "optimizer", "logdir", "writer", "start_step"})
 
 
 def import_first(integration: str, framework: str, extra: str, *modules: str) -> dict[str, ModuleType]:
@@ -39,10 +40,3 @@ def check_options(owner: str, options: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"{owner} got unexpected keyword arguments {', '.join(map(repr, unknown))}; the normwatch "
                         f"options are {', '.join(sorted(ATTACH_OPTIONS))}.")
     return dict(options)
-
-
-def resume_at(watcher: normwatch.Watcher, step: int) -> None:
-    """Start ``watcher``'s step count at ``step``: a run resumed without normwatch's own state. (Where the
-    optimizer's momentum was restored, the Watcher withholds the shrink/growth split until it has decayed,
-    and says so.)"""
-    watcher.load_state_dict({"version": 1, "step": int(step), "w0_norm2": {}, "memory": {}})

@@ -39,7 +39,7 @@ from torch import nn
 import normwatch
 from normwatch._warn import warn
 
-from ._imports import check_options, import_first, resume_at
+from ._imports import check_options, import_first
 
 _FOUND = import_first("normwatch.integrations.lightning", "Lightning", "lightning", "lightning.pytorch",
                       "pytorch_lightning")
@@ -78,14 +78,14 @@ class _Normwatch:
         self.watcher: normwatch.Watcher | None = None  # the Watcher of the last fit
         self._resume: dict[str, Any] | None = None  # normwatch state from a checkpoint, applied at attach
         self._final: dict[str, Any] | None = None  # the state at close, for a checkpoint saved after it
-        self._probes: list[Any] = []  # forward pre-hooks until the first training forward (see _shield)
+        self._probe: Any = None  # a forward pre-hook until the first training forward of the module
         self._forward_seen = False
-        self._shielded = False
         self._warn = False
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(module=self.module, optimizer_index=self.optimizer_index)  # type: ignore[attr-defined]
+        """The key of this callback's state in a checkpoint: one per watched module and optimizer."""
+        return f"{type(self).__qualname__}{({'module': self.module, 'optimizer_index': self.optimizer_index})!r}"
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
@@ -98,20 +98,20 @@ class _Normwatch:
         options = dict(self.options)
         if len(trainer.optimizers) == 1:  # global_step counts this optimizer's steps (AMP-skipped ones included)
             options.setdefault("step_fn", lambda: trainer.global_step)
-        self.watcher = normwatch.attach(module, optimizer, writer=writer, logdir=logdir, **options)
-        self.watcher._warn_undetected = False  # on_train_batch_end says it, naming the `module` option
+        options.setdefault("forward_filter", _own_forward)
+        options.setdefault("warn_undetected", False)  # on_train_batch_end says it, naming the `module` option
         state, self._resume, self._final = self._resume, None, None
+        # a checkpoint without normwatch state, or fit() again: the step count continues from the trainer's
+        start = trainer.global_step if state is None else 0
+        self.watcher = normwatch.attach(module, optimizer, writer=writer, logdir=logdir, start_step=start, **options)
         if state is not None:
             self.watcher.load_state_dict(state)
-        elif trainer.global_step > 0:  # a checkpoint without normwatch state, or fit() again
-            resume_at(self.watcher, trainer.global_step)
         self._forward_seen = False
-        self._probes = [module.register_forward_pre_hook(self._shield, prepend=True),  # runs before normwatch's
-                        module.register_forward_pre_hook(self._on_forward)]  # runs after it
+        self._probe = module.register_forward_pre_hook(self._on_forward)
         self._warn = trainer.is_global_zero  # one warning per run, not one per rank
 
     def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, *args: Any, **kwargs: Any) -> None:
-        if not self._probes or self._forward_seen:
+        if self._probe is None or self._forward_seen:
             return
         self._unprobe()
         if not self._warn:
@@ -140,31 +140,17 @@ class _Normwatch:
         self._resume = state_dict.get("normwatch")
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def _shield(self, module: nn.Module, args: Any) -> None:
-        """Hide Lightning's forward redirection from normwatch's detection.
-
-        Strategies that wrap the module (DDP, FSDP, ...) call ``training_step`` through the wrapper's forward:
-        the module is called with ``(batch, batch_idx)`` while its ``forward`` is patched to a plain function
-        that runs ``training_step``. That call is not the model's forward; ``self(x)`` inside it is. The
-        module reads as in eval mode to normwatch's hook for that one call (restored in ``_on_forward``).
-        """
-        patched = vars(module).get("forward")
-        if module.training and patched is not None and getattr(patched, "__self__", None) is not module:
-            module.training = False
-            self._shielded = True
-
     def _on_forward(self, module: nn.Module, args: Any) -> None:
-        if self._shielded:
-            module.training = True
-            self._shielded = False
-        elif module.training:
+        # no kwargs: this hook removes itself, possibly inside an outer call of the same module (detection's
+        # forwards), and torch then calls the outer call's copy of it as a hook without kwargs
+        if module.training and _own_forward(module, args, {}):
             self._forward_seen = True  # normwatch's hook has seen this call: detection ran on it
             self._unprobe()
 
     def _unprobe(self) -> None:
-        for handle in self._probes:
-            handle.remove()
-        self._probes = []
+        if self._probe is not None:
+            self._probe.remove()
+            self._probe = None
 
     def _module(self, pl_module: nn.Module) -> nn.Module:
         if self.module is None:
@@ -208,6 +194,17 @@ class _Normwatch:
         if self.watcher is not None and self._final is None:
             self._final = self.watcher.state_dict()
             self.watcher.close()
+
+
+def _own_forward(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a call of ``module`` runs its own forward, not Lightning's redirection of ``training_step``.
+
+    Strategies that wrap the module (DDP, FSDP, ...) call ``training_step`` through the wrapper's forward: the
+    module is called with ``(batch, batch_idx)`` while its instance attribute ``forward`` is a plain function
+    that runs ``training_step``. That call is not the model's forward; ``self(x)`` inside it is.
+    """
+    patched = vars(module).get("forward")
+    return patched is None or getattr(patched, "__self__", None) is module
 
 
 def _callback(package: str) -> type:

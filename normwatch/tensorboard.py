@@ -1,32 +1,27 @@
-"""Writing to TensorBoard off the training thread: tag names, the custom-scalars layout, failures.
+"""Writing to TensorBoard off the training thread: the custom-scalars layout, the writer thread, failures.
 
-Tags are ``normwatch/<metric>/<layer>`` (``<layer>`` the module's qualified name); see the README for
-every metric with its formula. The custom-scalars layout puts the seed's superimposed charts one click
-away: per layer shrink vs growth, lars_ratio vs lars_theory and angle vs angle_theory, and one chart per
-metric with all layers.
+Tags are ``normwatch/<metric>/<layer>`` (:mod:`normwatch.metrics` lists every metric with its formula). The
+custom-scalars layout puts the seed's superimposed charts one click away: per layer shrink vs growth,
+lars_ratio vs lars_theory and angle vs angle_theory, and one chart per metric with all layers.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from normwatch.records import Batch, Point, warn_from_thread
+from normwatch import metrics
+from normwatch.records import Batch, Point, Recorder, warn_from_thread
 
-PAIRS = {"shrink vs growth": ("shrink", "growth"),
-         "lars_ratio vs lars_theory": ("lars_ratio", "lars_theory"),
-         "angle vs angle_theory": ("angle", "angle_theory")}
-PER_METRIC = ("w_norm2", "w_norm2_rel", "cos_wg", "shrink", "growth", "cross", "radial", "tangential", "angle",
-              "angle_theory", "lars_ratio", "lars_theory", "grad_autocorr")
+PAIRS = metrics.charts()  # per-layer charts: title → the metrics they superimpose
+PER_METRIC = metrics.names("measured", "split", "theory")  # one chart each, all layers
 Scalar = tuple[str, float, int, float]  # (tag, value, step, walltime), as add_scalar takes them
-
-
-def tag(metric: str, layer: str) -> str:
-    return f"normwatch/{metric}/{layer}"
 
 
 def custom_layout(layers: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
@@ -38,15 +33,40 @@ def custom_layout(layers: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
         }
         for layer in layers
     }
-    all_layers = {metric: ["Multiline", [f"^normwatch/{metric}/"]] for metric in PER_METRIC}
+    all_layers = {metric: ["Multiline", [f"^{re.escape(metrics.tag(metric, ''))}"]] for metric in PER_METRIC}
     return {"normwatch: all layers": all_layers, **per_layer}
 
 
-class Sink:
-    """A writer thread: batches go in on the training thread, scalars come out on this one.
+@dataclass(frozen=True)
+class Preamble:
+    """What a run's event file holds before its points: the custom-scalars layout and the config text."""
 
-    ``writer`` is a ``SummaryWriter`` (None when it could not be made); ``preamble(writer)`` runs before
-    the first point (again on later batches until it succeeds). ``history`` is kept when asked.
+    layout: dict[str, dict[str, list[Any]]]
+    config: str  # JSON, written as the text ``normwatch/config``
+
+
+def preamble(optimizer: Any, family: str, every: int, layers: Sequence[Any], tensors: Sequence[Any]) -> Preamble:
+    """The layout and config text of a run as it is recorded now (``layers``: :class:`~normwatch.Layer`;
+    ``tensors``: the tracked tensors, whose first stepped param group gives the config's momentum flags)."""
+    index = next((t.group for t in tensors if t.group is not None), None)
+    group = optimizer.param_groups[index] if index is not None else {}
+    config = {
+        "optimizer": type(optimizer).__name__, "family": family, "every": every,
+        "nesterov": bool(group.get("nesterov", False)), "dampening": float(group.get("dampening", 0.0) or 0.0),
+        "layers": [{"name": layer.name, "norm": layer.norm, "granularity": layer.granularity,
+                    "groups": layer.groups, "params": list(layer.params), "confirmed": layer.confirmed}
+                   for layer in layers],
+    }
+    return Preamble(custom_layout([layer.name for layer in layers]), json.dumps(config))
+
+
+class Sink:
+    """A writer thread: batches go in on the training thread, the Recorder turns them into points and they
+    are written on this one; each batch is flushed to the event file as soon as it is written.
+
+    ``writer`` is a ``SummaryWriter`` (None when it could not be made); the preamble (:meth:`set_preamble`)
+    is written before the first point (again on later batches until it succeeds). ``history`` is kept
+    when asked.
 
     A failing writer never costs a recorded step: from the first failure on, every point is also kept in
     ``history``, and the values not yet written wait in a backlog that is retried, oldest first, once per
@@ -56,14 +76,12 @@ class Sink:
     joined it. A disabled sink (a rank other than 0) drops what it is given.
     """
 
-    def __init__(self, writer: Any, to_points: Callable[[Batch], list[Point]],
-                 preamble: Callable[[Any], None], close_writer: bool, keep_history: bool,
+    def __init__(self, writer: Any, recorder: Recorder, *, close_writer: bool, keep_history: bool,
                  enabled: bool = True) -> None:
         self._writer = writer
         self._enabled = enabled
-        self._to_points = to_points
-        self._preamble_fn = preamble
-        self._preamble: Callable[[Any], None] | None = None if writer is None else preamble
+        self._recorder = recorder
+        self._preamble: Preamble | None = None  # not yet written
         self._close_writer = close_writer
         self.keep_history = keep_history or (writer is None and enabled)
         self.history: dict[str, list[tuple[int, float]]] = {}
@@ -74,10 +92,10 @@ class Sink:
         self._thread = threading.Thread(target=self._run, name="normwatch-writer", daemon=True)
         self._thread.start()
 
-    def rewrite_preamble(self) -> None:
-        """Write the preamble again before the next points (call while the thread is idle: after drain())."""
+    def set_preamble(self, preamble: Preamble) -> None:
+        """Write this layout and config before the next points (call while the thread is idle: after drain())."""
         if self._writer is not None:
-            self._preamble = self._preamble_fn
+            self._preamble = preamble
 
     def put(self, batch: Batch) -> None:
         if self._enabled:
@@ -108,14 +126,15 @@ class Sink:
             try:
                 if batch is None:
                     return
-                self._write(self._to_points(batch))
+                self._write(self._recorder.points(batch))
             except BaseException as error:
                 warn_from_thread(f"normwatch: could not record a batch of steps: {error!r}")
             finally:
                 self._queue.task_done()
 
     def _write(self, points: list[Point]) -> None:
-        """Queue each point's values behind the backlog; while the writer fails, try it once per batch."""
+        """Queue each point's values behind the backlog; while the writer fails, try it once per batch; then
+        flush the event file, so that a written point is on disk even if the process is killed."""
         trying = self._writer is not None and self._start()
         for step, walltime, values in points:
             kept = self.keep_history
@@ -128,12 +147,18 @@ class Sink:
                 trying = self._attempt()
             if self.keep_history and not kept:  # history starts with the point whose write failed
                 self._remember(step, values)
+        if trying and points:
+            try:
+                self._writer.flush()
+            except Exception as error:
+                self._fail(error)
 
     def _start(self) -> bool:
-        """Run the preamble if it has not succeeded yet; False when it fails."""
+        """Write the preamble if it has not been written yet; False when that fails."""
         if self._preamble is not None:
             try:
-                self._preamble(self._writer)
+                self._writer.add_custom_scalars(self._preamble.layout)
+                self._writer.add_text("normwatch/config", self._preamble.config)
             except Exception as error:
                 self._fail(error)
                 return False

@@ -31,25 +31,44 @@ Family = Literal["sgd", "adam", "adamw", "lars", "unknown"]
 DEFAULT_EMA_BETA = 0.9  # gradient memory for optimizers without momentum (the seed's ρ = 0.9)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Hyper:
-    """One parameter group's hyperparameters at one step.
+    """One parameter group's hyperparameters at one step, as the rule of its optimizer reads them.
 
-    ``momentum`` is SGD's/LARS's μ or Adam's β₁; ``ema_beta`` is the decay of normwatch's gradient memory;
-    ``family`` is the rule the group follows (a LARS group with ``"lars": False`` is plain SGD); ``beta2``,
-    ``eps`` and ``amsgrad`` are Adam's (for Adam+L2's split).
+    Attributes:
+        rule: the rule the group follows (a LARS group with ``"lars": False`` is plain SGD).
+        lr: η (a tensor lr is kept as a tensor and read on the writer thread).
+        weight_decay: λ.
+        momentum: μ of SGD/LARS (or another optimizer's momentum); 0 for Adam-type rules.
+        dampening: τ of SGD.
+        nesterov: SGD/LARS Nesterov momentum.
+        beta1: β₁ of Adam-type rules (0 elsewhere).
+        beta2: β₂ of Adam-type rules.
+        eps: ε of Adam-type rules.
+        amsgrad: Adam's AMSGrad.
+        memory_beta: the factor by which normwatch's gradient memory v decays per step: μ where v mirrors a
+            momentum buffer, β₁ for Adam, ``ema_beta`` elsewhere.
     """
 
-    family: Family
-    lr: float
+    rule: Family
+    lr: float | torch.Tensor
     weight_decay: float
-    momentum: float
-    dampening: float
-    nesterov: bool
-    ema_beta: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    beta1: float = 0.0
     beta2: float = 0.0
     eps: float = 0.0
     amsgrad: bool = False
+    memory_beta: float = DEFAULT_EMA_BETA
+
+    @property
+    def momentum_tag(self) -> float:
+        """The value of the ``momentum`` tag: μ, or β₁ for Adam-type rules."""
+        return self.beta1 if self.beta1 else self.momentum
+
+
+NOT_STEPPED = Hyper(rule="unknown", lr=0.0, weight_decay=0.0, memory_beta=0.0)  # a tensor no param group holds
 
 
 def family_of(optimizer: torch.optim.Optimizer) -> Family:
@@ -68,22 +87,26 @@ def family_of(optimizer: torch.optim.Optimizer) -> Family:
 
 
 def hyper(family: Family, group: dict[str, Any], default_beta: float = DEFAULT_EMA_BETA) -> Hyper:
-    """Read a param group's hyperparameters (a tensor lr is read as a number: a host sync, once per flush)."""
+    """Read a param group's hyperparameters (a tensor lr is kept as a tensor: read later, on the writer thread)."""
     lr = group.get("lr", 0.0)
-    lr = float(lr) if not isinstance(lr, torch.Tensor) else lr.detach().clone()  # read later, on the writer thread
+    lr = float(lr) if not isinstance(lr, torch.Tensor) else lr.detach().clone()
     weight_decay = float(group.get("weight_decay", 0.0) or 0.0)
     if family in ("adam", "adamw"):
         beta1, beta2 = (float(beta) for beta in group["betas"])
-        return Hyper(family, lr, weight_decay, beta1, 0.0, False, beta1, beta2, float(group["eps"]),
-                     bool(group.get("amsgrad", False)))
+        return Hyper(rule=family, lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2, eps=float(group["eps"]),
+                     amsgrad=bool(group.get("amsgrad", False)), memory_beta=beta1)
     if family in ("sgd", "lars"):
         momentum = float(group.get("momentum", 0.0) or 0.0)
         dampening = float(group.get("dampening", 0.0) or 0.0) if family == "sgd" else 0.0
-        nesterov = bool(group.get("nesterov", False))
         rule: Family = "sgd" if family == "lars" and group.get("lars") is False else family
-        return Hyper(rule, lr, weight_decay, momentum, dampening, nesterov, momentum if momentum > 0 else default_beta)
-    momentum = group.get("momentum", group.get("betas", (0.0,))[0])  # RMSprop's momentum, NAdam's β₁, ...
-    return Hyper(family, lr, weight_decay, float(momentum or 0.0), 0.0, False, default_beta)
+        return Hyper(rule=rule, lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
+                     nesterov=bool(group.get("nesterov", False)),
+                     memory_beta=momentum if momentum > 0 else default_beta)
+    if "betas" in group:  # NAdam's β₁, ...
+        return Hyper(rule=family, lr=lr, weight_decay=weight_decay, beta1=float(group["betas"][0]),
+                     memory_beta=default_beta)
+    return Hyper(rule=family, lr=lr, weight_decay=weight_decay, momentum=float(group.get("momentum", 0.0) or 0.0),
+                 memory_beta=default_beta)  # RMSprop's momentum, ...
 
 
 def mirrors_momentum(family: Family, hp: Hyper) -> bool:
@@ -103,7 +126,7 @@ def advance_memory(family: Family, hp: Hyper, v: torch.Tensor, g: torch.Tensor, 
         else:
             v.mul_(hp.momentum).add_(step, alpha=1.0 - hp.dampening)
     else:
-        v.lerp_(g.to(v.dtype), 1.0 - hp.ema_beta)
+        v.lerp_(g.to(v.dtype), 1.0 - hp.memory_beta)
 
 
 def decay_part(family: Family, hp: Hyper, state: dict[str, Any], w_prev: torch.Tensor, u: torch.Tensor,
@@ -128,5 +151,5 @@ def decay_part(family: Family, hp: Hyper, state: dict[str, Any], w_prev: torch.T
         # bias corrections are computed in double
         second = state["max_exp_avg_sq"] if hp.amsgrad else state["exp_avg_sq"]
         denom = (second.sqrt() / torch.sqrt(1 - hp.beta2 ** step)).add_(hp.eps)
-        return (state["exp_avg"] - v).div_(denom).mul_(-hp.lr / (1 - hp.momentum ** step))
+        return (state["exp_avg"] - v).div_(denom).mul_(-hp.lr / (1 - hp.beta1 ** step))
     return None

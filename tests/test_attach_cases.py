@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
-from normwatch import watcher as watcher_module
+from normwatch import discovery as discovery_module
 from tests.models import assert_same_history
 
 
@@ -293,7 +293,7 @@ def test_detection_gives_up_after_failing_three_times(tmp_path, monkeypatch) -> 
     def broken(*args, **kwargs):
         raise RuntimeError("tracer bug")
 
-    monkeypatch.setattr(watcher_module, "scan", broken)
+    monkeypatch.setattr(discovery_module, "scan", broken)
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
     with warnings.catch_warnings(record=True) as caught:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
-from normwatch import kernels
+from normwatch import tensor_step
 from normwatch.optim import LARS
 
 STEPS = 12
@@ -189,7 +189,7 @@ def test_fused_metrics_match_float64_reference(name, make_opt, hp) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="normwatch: torch.compile")  # a fallback fails the step
         result = _train(make_opt, fused=True)
-    assert any(config[0] == FAMILY[name] for config in kernels._configs)  # compiled for this optimizer
+    assert any(config[0] == FAMILY[name] for config in tensor_step._configs)  # compiled for this optimizer
     assert_matches_reference(name, hp, *result)
 
 

@@ -424,6 +424,52 @@ def test_hf_trainer_writes_next_to_its_tensorboard_logs_and_matches_a_plain_loop
     assert [v for _, v in written["normwatch/shrink/body.0"]] == pytest.approx(shrink, rel=1e-4)
 
 
+def _hf_sgd_run(transformers, tmp_path, max_steps: int, resume: bool, callback):
+    """The HF Trainer with SGD + momentum (decay hidden in the buffer), saving a checkpoint every 3 steps."""
+    gen = torch.Generator().manual_seed(1)
+    data = [{"x": torch.randn(3, 8, 8, generator=gen), "labels": torch.randint(0, 5, (), generator=gen)}
+            for _ in range(64)]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=max_steps, per_device_train_batch_size=16, learning_rate=LR,
+        lr_scheduler_type="constant", use_cpu=True, report_to=[], save_strategy="steps", save_steps=3,
+        disable_tqdm=True, seed=0)
+    model = _HFNet()
+    opt = _sgd(model.parameters())
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback],
+                                   optimizers=(opt, None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(resume_from_checkpoint=True if resume else None)
+    return [str(w.message) for w in caught if str(w.message).startswith("normwatch")]
+
+
+def test_hf_resumed_train_continues_the_same_curves_with_nothing_withheld(tmp_path) -> None:
+    """normwatch's state travels in the Trainer's checkpoints: 3 steps + resume + 3 steps = 6 straight steps, the
+    split and autocorrelation included; a checkpoint without it withholds them (so the state is what matters)."""
+    transformers = pytest.importorskip("transformers")
+    from normwatch.integrations.transformers import NormwatchCallback
+
+    straight = NormwatchCallback(keep_history=True, logdir=str(tmp_path / "tb-straight"))
+    _hf_sgd_run(transformers, tmp_path / "straight", 6, False, straight)
+    _hf_sgd_run(transformers, tmp_path / "split", 3, False, NormwatchCallback(logdir=str(tmp_path / "tb-split")))
+    assert (tmp_path / "split" / "out" / "checkpoint-3" / "normwatch_state.pt").is_file()
+    resumed = NormwatchCallback(keep_history=True, logdir=str(tmp_path / "tb-resumed"))
+    messages = _hf_sgd_run(transformers, tmp_path / "split", 6, True, resumed)
+    assert not [m for m in messages if "did not see" in m]
+    tail = {tag: [(s, v) for s, v in points if s >= 3] for tag, points in straight.watcher.history.items()}
+    assert [s for s, _ in tail["normwatch/shrink/body.0"]] == [3, 4, 5]
+    _assert_same(resumed.watcher.history, tail)
+
+    (tmp_path / "split" / "out" / "checkpoint-3" / "normwatch_state.pt").unlink()
+    (tmp_path / "split" / "out" / "checkpoint-6").rename(tmp_path / "split" / "later")  # resume at 3 again
+    bare = NormwatchCallback(keep_history=True, logdir=str(tmp_path / "tb-bare"))
+    messages = _hf_sgd_run(transformers, tmp_path / "split", 6, True, bare)
+    assert sum("did not see" in m for m in messages) == 1
+    history = bare.watcher.history
+    assert [s for s, _ in history["normwatch/w_norm2/body.0"]] == [3, 4, 5]
+    assert "normwatch/shrink/body.0" not in history and "normwatch/grad_autocorr/body.0" not in history
+
+
 def test_hf_logdir_follows_the_trainers_tensorboard_directory(tmp_path, monkeypatch) -> None:
     """4.x: args.logging_dir; 5.x: $TENSORBOARD_LOGGING_DIR, else output_dir/runs/<date>_<host>."""
     pytest.importorskip("transformers")

@@ -17,7 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import normwatch
-from normwatch import kernels
+from normwatch import tensor_step
 from tests.models import assert_same_history, optimizer_step
 
 
@@ -116,8 +116,8 @@ def test_fused_falls_back_to_eager_with_one_warning_when_compiling_fails(tmp_pat
     def no_compiler(config):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(kernels, "_compiled", no_compiler)
-    monkeypatch.setattr(kernels, "_compile_failed", False)  # restored afterwards: later fused tests compile
+    monkeypatch.setattr(tensor_step, "_compiled", no_compiler)
+    monkeypatch.setattr(tensor_step, "_compile_failed", False)  # restored afterwards: later fused tests compile
     batches = _batches(4)
     runs = {}
     for fused in (False, True):

@@ -1,5 +1,5 @@
 """One instrumented tensor's work in one optimizer step: advance its gradient memory v and, on recorded
-steps, return its row of :data:`~normwatch.stats.SUMS` for the update w_t → w_{t+1}.
+steps, return its row of :data:`~normwatch.sums.SUMS` for the update w_t → w_{t+1}.
 
 :func:`tensor_step` runs eagerly: about twenty small kernels per tensor (twelve dot products and the
 elementwise ops of the update split). :func:`fused_tensor_step` is the same function through
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from normwatch import stats, update
+from normwatch import sums, update
 from normwatch._warn import warn
 
 
@@ -27,7 +27,7 @@ def tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Tensor, w
     row of sums of u = w_next − w_prev with g, v and the split u = u_wd + u_g (in float32 for 16-bit
     weights, whose difference is exact there)."""
     if recording:
-        gv, vv = stats.memory_sums(g, v)
+        gv, vv = sums.memory_sums(g, v)
     update.advance_memory(family, hp, v, g, trust, first)
     if not recording:
         return None
@@ -35,7 +35,7 @@ def tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Tensor, w
         w_prev, w_next = w_prev.float(), w_next.float()
     u = w_next - w_prev
     u_wd = update.decay_part(family, hp, state, w_prev, u, v, trust)
-    return stats.update_sums(w_prev, u, g, u_wd, trust, gv, vv)
+    return sums.update_sums(w_prev, u, g, u_wd, trust, gv, vv)
 
 
 @functools.cache
@@ -64,7 +64,7 @@ def fused_tensor_step(family: update.Family, hp: update.Hyper, w_prev: torch.Ten
     args = _flat(w_prev, w_next, g, v, state)
     if args is not None:  # every tensor dense and alike: 1-D views, one graph for every shape
         w_prev, w_next, g, v, state = args
-    config = (family, hp.family, hp.momentum > 0, hp.dampening > 0, hp.nesterov, isinstance(hp.lr, torch.Tensor),
+    config = (family, hp.rule, hp.momentum > 0, hp.dampening > 0, hp.nesterov, isinstance(hp.lr, torch.Tensor),
               hp.amsgrad, trust is None, tuple(sorted(state)), v.dim(), v.dtype, g.dtype, v.device.type,
               args is not None)
     try:  # a user's error_on_recompile is about their graphs; ours compiles once per range of sizes
@@ -87,7 +87,7 @@ def _flat(w_prev: torch.Tensor, w_next: torch.Tensor, g: torch.Tensor, v: torch.
     share v's dense layout, else None. The step is elementwise work and sums, so the order does not matter,
     and a 1-D graph with a dynamic length serves every tensor: no recompile from one shape to the next."""
     per_element = {k: t for k, t in state.items() if isinstance(t, torch.Tensor) and t.shape == v.shape}
-    if not all(stats.dense_same_layout(t, v) for t in (w_prev, w_next, g, *per_element.values())):
+    if not all(sums.dense_same_layout(t, v) for t in (w_prev, w_next, g, *per_element.values())):
         return None
     return (_alias_1d(w_prev), _alias_1d(w_next), _alias_1d(g), _alias_1d(v),
             {**state, **{k: _alias_1d(t) for k, t in per_element.items()}})

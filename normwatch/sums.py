@@ -1,4 +1,4 @@
-"""Per-step statistics: a few dot products per tensor on the device, every metric derived from them on the host.
+"""Per-step sums: a few dot products per tensor on the device, every metric derived from them on the host.
 
 On the device, each tracked tensor contributes the sums in :data:`SUMS` (w = w_t, the weight before the
 step; u = w_{t+1} − w_t; g the gradient the step used; v the gradient memory before the step; u_wd the
@@ -24,8 +24,6 @@ import torch
 
 SUMS = ("present", "ww", "wg", "gg", "wu", "uu", "gv", "vv", "w_uwd", "uwd2", "w_ug", "ug2", "u_uwd", "tgg")
 INDEX = {name: i for i, name in enumerate(SUMS)}
-MEASURED = ("w_norm2", "w_norm2_rel", "cos_wg", "radial", "tangential", "angle", "lars_ratio", "grad_autocorr")
-SPLIT = ("shrink", "growth", "cross")
 
 
 def dense_same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
