@@ -12,7 +12,6 @@ time of each, their ratio, and the extra memory.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -25,20 +24,15 @@ from torch import nn
 
 import normwatch
 
-
-def resnet9(width: int = 64) -> nn.Module:
-    """The demo's ResNet-9 (Myrtle's; 6,573,120 parameters at width 64), loaded from demo/train_resnet.py."""
-    path = Path(__file__).resolve().parents[1] / "demo" / "train_resnet.py"
-    spec = importlib.util.spec_from_file_location("train_resnet", path)
-    demo = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = demo  # its dataclasses look their module up there
-    spec.loader.exec_module(demo)
-    return demo.net(width=width / 64)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's benchmarks
+from benchmarks.models import Transformer, lm_batch, resnet9
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", choices=("resnet9", "transformer"), default="resnet9",
+                        help="transformer: 20 blocks, d=--width·4, AdamW, --batch sequences of 32 characters")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="timed turns per arm")
@@ -51,21 +45,26 @@ def main() -> None:
     cuda = device.type == "cuda"
     block = args.block or (10 if cuda else 1)
 
+    lm = args.model == "transformer"
     torch.manual_seed(0)
-    plain = resnet9(args.width).to(device)
-    watched = resnet9(args.width).to(device)
+    make = (lambda: Transformer(d=4 * args.width)) if lm else (lambda: resnet9(args.width))
+    plain, watched = make().to(device), make().to(device)
     watched.load_state_dict(plain.state_dict())
-    if cuda:
+    if cuda and not lm:
         plain, watched = plain.to(memory_format=torch.channels_last), watched.to(memory_format=torch.channels_last)
-    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1) if lm else
+            torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
             for m in (plain, watched)]
     logdir = tempfile.mkdtemp(prefix="normwatch-bench-")
     watch = normwatch.attach(watched, opts[1], logdir=logdir, every=args.every, fused=args.fused)
 
-    x = torch.randn(args.batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
-    if cuda:
-        x = x.to(memory_format=torch.channels_last)
+    if lm:
+        x, y = (t.to(device) for t in lm_batch(batch=args.batch))
+    else:
+        x = torch.randn(args.batch, 3, 32, 32, device=device)
+        y = torch.randint(0, 10, (args.batch,), device=device)
+        if cuda:
+            x = x.to(memory_format=torch.channels_last)
 
     peaks: dict[str, int] = {"plain": 0, "normwatch": 0}  # CUDA: most memory a turn allocated above its start
 
@@ -78,7 +77,8 @@ def main() -> None:
         start = time.perf_counter()
         for _ in range(block):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = F.cross_entropy(model(x), y)
+                out = model(x)
+                loss = F.cross_entropy(out.flatten(0, 1) if lm else out, y.flatten() if lm else y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,7 +101,8 @@ def main() -> None:
     params = sum(p.numel() * p.element_size() for p in watched.parameters())
     instrumented = sum(dict(watched.named_parameters())[n].numel() * 4 for layer in watch.layers for n in layer.params)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; ResNet-9 width {args.width}, batch {args.batch}, "
+    what = f"transformer d={4 * args.width}" if lm else f"ResNet-9 width {args.width}"
+    print(f"device: {name}; torch {torch.__version__}; {what}, batch {args.batch}, "
           f"every={args.every}{', fused' if args.fused else ''}, {args.steps} interleaved turns of {block} step(s) "
           f"per arm")
     print(f"median step: plain {base * 1e3:.2f} ms, with normwatch {with_nw * 1e3:.2f} ms")

@@ -1,8 +1,9 @@
-"""The instrumented parameter tensors, their buffers, and the work the step hooks do on them.
+"""The instrumented parameter tensors and the work the step hooks do on them, bucket by bucket.
 
 Each tracked tensor has a snapshot (w_t, copied before each recorded step) and a gradient memory v (see
-:mod:`normwatch.update`): 2× the instrumented parameters of extra device memory. Nothing here syncs with
-the device.
+:mod:`normwatch.update`), views into the flat buffers of its :class:`~normwatch.buckets.Bucket` (one per
+param group, device and dtype), so each step costs a number of kernels per bucket that does not grow with
+the number of tensors. Nothing here syncs with the device.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from normwatch import _dist, sums, update
+from normwatch import _dist, chunk, sums, update
+from normwatch.buckets import Bucket
 from normwatch.detect import Layer
-from normwatch.tensor_step import fused_tensor_step, tensor_step
 
 
 @dataclass(eq=False)
@@ -27,18 +28,19 @@ class TrackedTensor:
     layer: int  # index of its layer in the Watcher's layers
     param: nn.Parameter
     group: int | None  # index in optimizer.param_groups; None while the optimizer does not step it
-    snapshot: torch.Tensor  # w_t, copied before each recorded step
-    memory: torch.Tensor  # the gradient memory v
+    snapshot: torch.Tensor  # w_t, copied before each recorded step (a view into its bucket's buffer)
+    memory: torch.Tensor  # the gradient memory v (likewise)
     unseen: float = 0.0  # weight in v of optimizer state from before attach, which normwatch cannot split
 
 
 class Tracked:
-    """The tracked tensors of a Watcher, in layer order."""
+    """The tracked tensors of a Watcher, in layer order, and their buckets."""
 
     def __init__(self, fused: bool, sharded: bool = False) -> None:
         self.tensors: list[TrackedTensor] = []
+        self.buckets: list[Bucket] = []
         self.sharded = sharded  # FSDP2: every rank holds a shard; sums are all-reduced
-        self._tensor_step = fused_tensor_step if fused else tensor_step
+        self._compute = chunk.fused if fused else chunk.eager
         self._first: list[bool] = []  # per tensor: its momentum buffer is made by the step under way
 
     def add(self, layers: Sequence[Layer], first_layer: int, params: Mapping[str, nn.Parameter],
@@ -47,15 +49,15 @@ class Tracked:
         for index, layer in enumerate(layers, start=first_layer):
             for name in layer.params:
                 p = params[name]
-                shard = _dist.local(p.detach())
-                self.tensors.append(TrackedTensor(name, index, p, group_of[id(p)],
-                                                  torch.empty_like(shard, memory_format=torch.preserve_format),
-                                                  torch.zeros_like(shard, memory_format=torch.preserve_format)))
+                empty = torch.empty(0)
+                self.tensors.append(TrackedTensor(name, index, p, group_of[id(p)], empty, empty))
+        self._rebuild()
 
     def regroup(self, group_of: Mapping[int, int]) -> None:
-        """Each tensor's param group again (None: no longer stepped, so not recorded)."""
+        """Each tensor's param group again (None: no longer stepped, so not recorded), and the buckets anew."""
         for tracked in self.tensors:
             tracked.group = group_of.get(id(tracked.param))
+        self._rebuild()
 
     def numel_per_layer(self, n_layers: int) -> list[int]:
         return [sum(t.param.numel() for t in self.tensors if t.layer == i) for i in range(n_layers)]
@@ -63,59 +65,77 @@ class Tracked:
     @property
     def nbytes(self) -> int:
         """Device memory of the snapshots and gradient memories."""
-        return sum(2 * t.snapshot.numel() * t.snapshot.element_size() for t in self.tensors)
+        unbucketed = sum(2 * t.memory.numel() * t.memory.element_size() for t in self.tensors if t.group is None)
+        return sum(bucket.nbytes for bucket in self.buckets) + unbucketed
 
     def release(self) -> None:
         for tracked in self.tensors:
             tracked.snapshot = tracked.memory = torch.empty(0)
-        self.tensors = []
+        self.tensors, self.buckets = [], []
 
+    # -- the step hooks --------------------------------------------------------------------------------------
     def before_step(self, optimizer: torch.optim.Optimizer, recording: bool) -> None:
         """Note which momentum buffers this step creates; on recorded steps copy w_t into the snapshots."""
         self._first = [optimizer.state.get(t.param, {}).get("momentum_buffer") is None for t in self.tensors]
         if recording:
-            torch._foreach_copy_([t.snapshot for t in self.tensors],
-                                 [_dist.local(t.param.detach()) for t in self.tensors])
+            for bucket in self.buckets:
+                bucket.take_snapshot()
 
-    def after_step(self, optimizer: torch.optim.Optimizer, family: update.Family, hypers: Mapping[int | None, Any],
+    def after_step(self, optimizer: torch.optim.Optimizer, hypers: Mapping[int | None, update.Hyper],
                    recording: bool, device: torch.device) -> tuple[torch.Tensor | None, tuple[float, ...]]:
         """Advance every gradient memory; on recorded steps return the rows of :data:`~normwatch.sums.SUMS`
         (one per tensor, on ``device``), and each tensor's decay factor of its memory in this step."""
         found_inf = getattr(optimizer, "found_inf", None)  # a fused optimizer under a GradScaler
-        rows, decays = [], []
+        skip = found_inf.reshape(()) > 0 if found_inf is not None else None  # on the device: no sync
+        rows = torch.zeros(len(self.tensors), len(sums.SUMS), device=device) if recording else None
+        decays = [1.0] * len(self.tensors)
         with torch.no_grad():
-            for tracked, first in zip(self.tensors, self._first):
-                g = tracked.param.grad
-                if g is None or tracked.group is None:
-                    if recording:
-                        rows.append(sums.absent_row(device))
-                    decays.append(1.0)
-                    continue
-                hp = hypers[tracked.group]
-                row = self._step_one(tracked, hp, family, optimizer, _dist.local(g) if self.sharded else g,
-                                     first, recording, found_inf)
-                if row is not None:
-                    rows.append(row.to(device))
-                decays.append(hp.memory_beta)  # v's old part scaled by μ (mirrored momentum) or β (average)
-                tracked.unseen *= hp.memory_beta
-        if not recording:
-            return None, tuple(decays)
-        stacked = torch.stack(rows)
-        if self.sharded:
-            _dist.sum_over_ranks(stacked)  # every per-tensor sum is a sum over elements: shards add up
-        return stacked, tuple(decays)
+            for bucket in self.buckets:
+                hp = hypers[bucket.group]
+                present = [p.grad is not None for p in bucket.params]
+                grads = [_dist.local(p.grad) if p.grad is not None else None for p in bucket.params]
+                mirrors = update.mirrors_momentum(hp)  # a first step matters where v mirrors a momentum buffer
+                first = [self._first[i] and mirrors for i in bucket.indices]
+                if recording:
+                    states = [self._state(optimizer, p) for p in bucket.params]
+                    index, bucket_rows = bucket.recorded_rows(hp, grads, states, first, present, skip, self._compute)
+                    if bucket_rows is not None:
+                        rows.index_copy_(0, index, bucket_rows.to(device))
+                else:
+                    trust = [self._state(optimizer, p).get("trust_ratio") for p in bucket.params] \
+                        if hp.rule == "lars" and update.mirrors_momentum(hp) else None
+                    bucket.advance_memory(hp, grads, first, present, trust, skip)
+                for i, here in zip(bucket.indices, present):
+                    if here:
+                        decays[i] = hp.memory_beta  # v's old part scaled by μ (mirrored momentum) or β
+                        self.tensors[i].unseen *= hp.memory_beta
+        if rows is not None and self.sharded:
+            _dist.sum_over_ranks(rows)  # every per-tensor sum is a sum over elements: shards add up
+        return rows, tuple(decays)
 
-    def _step_one(self, tracked: TrackedTensor, hp: update.Hyper, family: update.Family,
-                  optimizer: torch.optim.Optimizer, g: torch.Tensor, first: bool, recording: bool,
-                  found_inf: torch.Tensor | None) -> torch.Tensor | None:
-        state = optimizer.state.get(tracked.param, {})
+    def _state(self, optimizer: torch.optim.Optimizer, p: nn.Parameter) -> dict[str, Any]:
+        state = optimizer.state.get(p, {})
         if self.sharded:
             state = {k: _dist.local(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-        trust = state.get("trust_ratio") if family == "lars" else None
-        v = tracked.memory
-        before = v.clone() if found_inf is not None else None
-        row = self._tensor_step(family, hp, tracked.snapshot, _dist.local(tracked.param.detach()), g, v, state,
-                                trust, first, recording)
-        if before is not None:  # a step the optimizer skipped did not happen: v keeps its value (the writer
-            v.copy_(torch.where(found_inf.reshape([1] * v.dim()) > 0, before, v))  # thread undoes the decay)
-        return row
+        return state
+
+    def _rebuild(self) -> None:
+        """Buckets of the stepped tensors by (param group, device, dtype), keeping every memory's value."""
+        kept = [t.memory.detach().clone() if t.memory.numel() else None for t in self.tensors]
+        keys: dict[tuple[Any, ...], list[int]] = {}
+        for i, t in enumerate(self.tensors):
+            if t.group is not None:
+                shard = _dist.local(t.param.detach())
+                keys.setdefault((t.group, shard.device, shard.dtype), []).append(i)
+        self.buckets = [Bucket(key[0], indices, [self.tensors[i].param for i in indices])
+                        for key, indices in keys.items()]
+        for bucket in self.buckets:
+            for i, snapshot, memory in zip(bucket.indices, bucket.snapshot_views, bucket.memory_views):
+                self.tensors[i].snapshot, self.tensors[i].memory = snapshot, memory
+        for t, value in zip(self.tensors, kept):
+            if t.group is None:  # not stepped: its memory waits, in a tensor of its own
+                shard = _dist.local(t.param.detach())
+                t.memory = value if value is not None else torch.zeros_like(shard)
+                t.snapshot = torch.empty(0)
+            elif value is not None:
+                t.memory.copy_(value)

@@ -20,6 +20,7 @@ unknown     anything else                                                   (no 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,47 +110,79 @@ def hyper(family: Family, group: dict[str, Any], default_beta: float = DEFAULT_E
                  memory_beta=default_beta)  # RMSprop's momentum, ...
 
 
-def mirrors_momentum(family: Family, hp: Hyper) -> bool:
+def mirrors_momentum(hp: Hyper) -> bool:
     """Whether ``v`` replays the optimizer's momentum buffer on gradients alone (SGD/LARS with μ > 0)."""
-    return family in ("sgd", "lars") and hp.momentum > 0
+    return hp.rule in ("sgd", "lars") and hp.momentum > 0
 
 
-def advance_memory(family: Family, hp: Hyper, v: torch.Tensor, g: torch.Tensor, trust: torch.Tensor | None,
-                   first: bool) -> None:
-    """Advance the gradient memory in place: ``v ← μv + (1−τ)·t·g`` (``v = t·g`` on the first step) when it
-    mirrors a momentum buffer, else the moving average ``v ← βv + (1−β)g`` (Adam's ``m`` on gradients alone).
-    """
-    if mirrors_momentum(family, hp):
-        step = g if trust is None else g * trust
-        if first:
-            v.copy_(step)
-        else:
-            v.mul_(hp.momentum).add_(step, alpha=1.0 - hp.dampening)
-    else:
-        v.lerp_(g.to(v.dtype), 1.0 - hp.memory_beta)
+def memory_coefficients(hp: Hyper, first: bool) -> tuple[float, float]:
+    """``(a, b)`` of the memory's step ``v ← a·v + b·(t·g)``: where v mirrors a momentum buffer, μ and 1−τ
+    (its first step, when the optimizer makes the buffer: ``v = t·g``); elsewhere a moving average of the
+    gradients, ``β`` and ``1−β`` (Adam's m on gradients alone, or ``ema_beta``). ``t`` is LARS's trust ratio."""
+    if mirrors_momentum(hp):
+        return (0.0, 1.0) if first else (hp.momentum, 1.0 - hp.dampening)
+    return hp.memory_beta, 1.0 - hp.memory_beta
 
 
-def decay_part(family: Family, hp: Hyper, state: dict[str, Any], w_prev: torch.Tensor, u: torch.Tensor,
-               v: torch.Tensor, trust: torch.Tensor | None) -> torch.Tensor | None:
-    """The weight-decay part u_wd of the measured update ``u`` (None when the family is unknown).
+@dataclass(frozen=True)
+class Decoupled:
+    """A weight-decay part proportional to the weight: ``u_wd = coefficient·w``."""
 
-    ``v`` is the gradient memory *after* this step's :func:`advance_memory`; ``state`` the optimizer's
-    state for this tensor after the step.
-    """
+    coefficient: float | torch.Tensor  # a number, a 0-dim tensor (tensor lr), or per block ``(blocks, 1)``
+
+
+Spread = Callable[[str], torch.Tensor]  # spread(per-tensor value) → ``(blocks, 1)``
+
+
+def state_keys(hp: Hyper) -> tuple[str, ...]:
+    """The optimizer's per-element state tensors :func:`decay_part` reads (after the step)."""
+    if mirrors_momentum(hp):
+        return ("momentum_buffer",)
+    if hp.rule == "adam":
+        return ("exp_avg", "max_exp_avg_sq" if hp.amsgrad else "exp_avg_sq")
+    return ()
+
+
+def per_tensor_keys(hp: Hyper) -> tuple[str, ...]:
+    """The per-tensor values the step reads per block: LARS's trust ratio, Adam's bias corrections."""
+    if hp.rule == "lars":
+        return ("trust",)
+    if hp.rule == "adam":
+        return ("inv_bias1", "bias2")
+    return ()
+
+
+def decoupled_part(hp: Hyper, spread: Spread) -> Decoupled | None:
+    """The weight-decay part when it is proportional to the weight, ``u_wd = c·w`` (else None)."""
     lr, wd = hp.lr, hp.weight_decay
-    if family == "adamw" or (family == "sgd" and hp.momentum == 0):
-        return w_prev * (-lr * wd)
-    if family == "lars" and hp.momentum == 0:
-        return w_prev * (trust * (-lr * wd)) if trust is not None else w_prev * (-lr * wd)
-    if family in ("sgd", "lars"):
-        decay_buffer = state["momentum_buffer"] - v  # the decay the momentum buffer carries
+    if hp.rule == "adamw" or (hp.rule == "sgd" and hp.momentum == 0):
+        return Decoupled(-lr * wd)
+    if hp.rule == "lars" and hp.momentum == 0:
+        return Decoupled(spread("trust") * (-lr * wd))
+    return None
+
+
+def decay_part(hp: Hyper, w: torch.Tensor, v: torch.Tensor, state: dict[str, torch.Tensor],
+               spread: Spread) -> torch.Tensor | Decoupled | None:
+    """The weight-decay part u_wd of this step, for ``(blocks, BLOCK)`` rows of one chunk of tensors.
+
+    ``w`` is w_t, ``v`` the gradient memory after this step's update, ``state`` scratch rows holding the
+    optimizer's :func:`state_keys` after the step (overwritten here), ``spread`` a per-tensor value per block
+    (:func:`per_tensor_keys`: ``"trust"``, LARS's trust ratio; ``"inv_bias1"``, ``"bias2"``: Adam's
+    ``1/(1−β₁ᵗ)`` and ``√(1−β₂ᵗ)``, computed in double as Adam does). Returns u_wd in one of the ``state``
+    rows, or :class:`Decoupled`, or None when no rule applies.
+    """
+    decoupled = decoupled_part(hp, spread)
+    if decoupled is not None:
+        return decoupled
+    lr, wd = hp.lr, hp.weight_decay
+    if hp.rule in ("sgd", "lars"):
+        decay = state["momentum_buffer"].sub_(v)  # the decay the momentum buffer carries
         if hp.nesterov:
-            return (w_prev * wd).add_(decay_buffer, alpha=hp.momentum).mul_(-lr)
-        return decay_buffer.mul_(-lr)
-    if family == "adam":  # Adam's step on m's decay share m − v: −η/(1−β₁ᵗ) · (m − v)/(√(v̂₂/(1−β₂ᵗ)) + ε)
-        step = state["step"].double()  # t after this step, on the device for fused/capturable Adam; Adam's own
-        # bias corrections are computed in double
-        second = state["max_exp_avg_sq"] if hp.amsgrad else state["exp_avg_sq"]
-        denom = (second.sqrt() / torch.sqrt(1 - hp.beta2 ** step)).add_(hp.eps)
-        return (state["exp_avg"] - v).div_(denom).mul_(-hp.lr / (1 - hp.beta1 ** step))
+            decay.mul_(hp.momentum).add_(w, alpha=wd)
+        return decay.mul_(-lr)
+    if hp.rule == "adam":  # Adam's step on m's decay share m − v: −η/(1−β₁ᵗ) · (m − v)/(√v₂/√(1−β₂ᵗ) + ε)
+        decay = state["exp_avg"].sub_(v)
+        denom = state["max_exp_avg_sq" if hp.amsgrad else "exp_avg_sq"].sqrt_().div_(spread("bias2")).add_(hp.eps)
+        return decay.div_(denom).mul_(spread("inv_bias1")).mul_(-lr)
     return None

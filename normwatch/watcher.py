@@ -351,7 +351,7 @@ class Watcher:
             i: update.hyper(self._family, optimizer.param_groups[i], self.options.ema_beta)
             for i in {t.group for t in tensors} if i is not None}
         hypers[None] = update.NOT_STEPPED
-        rows, decays = self._tracked.after_step(optimizer, self._family, hypers, self._recording, self._ring.device)
+        rows, decays = self._tracked.after_step(optimizer, hypers, self._recording, self._ring.device)
         if rows is None:
             return
         record = StepRecord(call=call, step=self._step_now, hypers=tuple(hypers[t.group] for t in tensors),

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
-from normwatch import tensor_step
+from normwatch import buckets, chunk
 from normwatch.optim import LARS
 
 STEPS = 12
@@ -189,8 +189,18 @@ def test_fused_metrics_match_float64_reference(name, make_opt, hp) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="normwatch: torch.compile")  # a fallback fails the step
         result = _train(make_opt, fused=True)
-    assert any(config[0] == FAMILY[name] for config in tensor_step._configs)  # compiled for this optimizer
+    assert FAMILY[name] in chunk.compiled_rules  # compiled for this optimizer
     assert_matches_reference(name, hp, *result)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize(("name", "make_opt", "hp"),
+                         [pytest.param(*o, id=o[0]) for o in OPTIMIZERS if o[0] in ("sgd-nesterov", "adam-l2", "lars")])
+def test_chunks_of_one_tensor_match_the_reference_too(name, make_opt, hp, fused, monkeypatch) -> None:
+    """A bucket split into chunks (here: as small as one block, so each tensor is a chunk of its own) gives the
+    same metrics: the scratch rows are reused with another layout for every chunk."""
+    monkeypatch.setattr(buckets, "CHUNK", 1024)
+    assert_matches_reference(name, hp, *_train(make_opt, fused=fused))
 
 
 def assert_matches_reference(name, hp, watch, captured) -> None:
