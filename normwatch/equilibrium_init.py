@@ -22,6 +22,7 @@ keeps its statistics, with a warning.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -200,9 +201,7 @@ def _plan(layer: Layer, params: dict[str, nn.Parameter], optimizer: torch.optim.
 
 def _hyper(family: update.Family, group: dict[str, Any], lr: float | None) -> update.Hyper:
     hp = update.hyper(family, group)
-    rate = float(lr) if lr is not None else float(hp.lr)
-    return update.Hyper(hp.family, rate, hp.weight_decay, hp.momentum, hp.dampening, hp.nesterov, hp.ema_beta,
-                        hp.beta2, hp.eps, hp.amsgrad)
+    return dataclasses.replace(hp, lr=float(lr) if lr is not None else float(hp.lr))
 
 
 def _equilibrium_norm(hp: update.Hyper, grad_sq: float, numel: int) -> float:
@@ -210,8 +209,8 @@ def _equilibrium_norm(hp: update.Hyper, grad_sq: float, numel: int) -> float:
     dampening = hp.dampening if hp.momentum > 0 else 0.0  # torch ignores dampening without momentum
     dispatch = getattr(theory, "equilibrium_norm", None)
     if dispatch is not None:
-        norm = dispatch(hp.family, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
-                        dampening=dampening, nesterov=hp.nesterov, beta1=hp.momentum,
+        norm = dispatch(hp.rule, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
+                        dampening=dampening, nesterov=hp.nesterov, beta1=hp.beta1,
                         scale_free_grad_sq=grad_sq, numel=numel)
         return math.nan if norm is None else float(norm)
     return theory.sgd_equilibrium_norm(hp.lr, hp.weight_decay, grad_sq, hp.momentum, dampening)
