@@ -6,7 +6,8 @@
 
 from normwatch import optim
 from normwatch.detect import Layer, detect
+from normwatch.equilibrium_init import LayerScale, equilibrium_init
 from normwatch.watcher import Watcher, attach
 
 __version__ = "0.1.0"
-__all__ = ["Layer", "Watcher", "__version__", "attach", "detect", "optim"]
+__all__ = ["Layer", "LayerScale", "Watcher", "__version__", "attach", "detect", "equilibrium_init", "optim"]
