@@ -1,30 +1,33 @@
 """Equilibrium predictions for scale-invariant weights, one optimizer family at a time.
 
-Every function here is a pure function of hyperparameters (Python floats in, Python float out).
-They predict two per-step quantities of a scale-invariant weight group ``w`` (one conv filter
-followed by BatchNorm, say) once weight decay and gradient noise have reached equilibrium:
+Every function here is a pure function of hyperparameters (Python floats in, a Python float or
+None out). They predict what a scale-invariant weight group ``w`` (one conv filter followed by
+BatchNorm, say) does once weight decay and gradient noise have reached equilibrium:
 
-* the *LARS ratio* ``lr * |g| / |w|`` (the step size in scale-invariant units, seed eq. 6/7);
+* the *LARS ratio* ``lr * |g| / |w|`` (the step size in scale-invariant units, seed eqs. 6-7);
 * the *angle* ``θ`` by which ``w`` rotates in one step, ``θ = atan2(|u⊥|, |w| + u·ŵ)`` with
-  ``u = w_{t+1} - w_t``.
+  ``u = w_{t+1} - w_t``;
+* the *equilibrium norm* ``|w*|`` and the *relaxation time* (in steps) with which ``|w|`` reaches it.
 
-Notation: η = lr, λ = weight_decay, μ = momentum, τ = dampening, β1 = Adam's first beta.
+Notation (docs/theory.md#notation): η = lr, λ = weight_decay, μ = momentum, τ = dampening,
+β₁/β₂ = Adam's betas, C = elements per group, G = |g|·|w| the scale-free gradient norm.
 
-Common assumptions (the "pure-noise toy"): ``w·g = 0`` (scale invariance); gradients are
-uncorrelated across steps (``E[g_t | past] = 0``); hyperparameters are constant; the group has
-many elements C, so per-step values concentrate on their means (corrections are O(1/C)).
+Common assumptions (the pure-noise toy, docs/theory.md#the-pure-noise-toy): ``w·g = 0`` (scale
+invariance); gradients uncorrelated across steps (``E[g_t | past] = 0``); constant hyperparameters;
+many elements C per group, so per-step values concentrate on their means (corrections O(1/C)).
 
-How exact the SGD formulas are. theory.md gives the leading order in ηλ. For the torch SGD family
-the update is a linear recursion in ``w`` driven by the gradients, e.g. for heavy ball
+How exact the formulas are (docs/theory.md#stationary-second-moments). For the linear optimizers
+(the torch SGD family; Adam-type optimizers once ``sqrt(v̂)`` has settled) the update is a linear
+recursion in ``w`` driven by the gradients, e.g. for heavy ball
 ``w_{t+1} = (1 + μ - ηλ) w_t - μ w_{t-1} - η g_t``. Because ``E[w_s·g_t] = 0`` for ``s <= t`` and
 ``E[g_s·g_t] = 0`` for ``s != t``, the stationary second moments ``E|w|²``, ``E[w_t·w_{t+1}]`` and
-``E|g|²`` follow from the Yule-Walker equations *exactly*, to all orders in ηλ (derived here;
-tests/test_theory.py checks the algebra against a state-space/Lyapunov computation written from
-torch's update rules, and the result against simulations with the real optimizers). The functions
-below return those stationary values: the angle as ``acos(E[w_t·w_{t+1}] / E|w|²)`` and the ratio
-as ``sqrt(η² E|g|² / E|w|²)``. They agree with the seed/theory.md leading-order forms up to a
-relative O(ηλ) (1.3 % at ηλ = 0.05, simulated); the per-step averages a monitor measures agree
-with them up to O(1/C) (-0.1 % at C = 256, simulated).
+``E|g|²`` follow *exactly*, to all orders in ηλ. The functions return those stationary values: the
+angle as ``acos(E[w_t·w_{t+1}] / E|w|²)``, the ratio as ``sqrt(η² E|g|² / E|w|²)`` and the norm as
+``sqrt(E|w|²)``. They agree with the seed's leading-order forms up to a relative O(ηλ) (1.3 % at
+ηλ = 0.05, simulated); the per-step averages a monitor measures agree with them up to O(1/C)
+(-0.1 % at C = 256, simulated). tests/test_theory.py checks each formula against a state-space
+(Lyapunov) computation written from torch's update rules and against simulations with the real
+optimizers.
 """
 
 from __future__ import annotations
@@ -33,10 +36,14 @@ import math
 
 __all__ = [
     "adam_l2_angle",
+    "adam_l2_equilibrium_norm",
     "adamw_angle",
+    "adamw_equilibrium_norm",
     "adamw_relaxation_steps",
     "equilibrium",
+    "equilibrium_norm",
     "lars_angle",
+    "lars_equilibrium_norm",
     "lars_ratio",
     "seed_lars_ratio",
     "sgd_angle",
@@ -48,10 +55,22 @@ __all__ = [
 FAMILIES = ("sgd", "adam", "adamw", "lars")
 
 
+# --------------------------------------------------------------------------------------------
+# Validation and the two stationary engines (docs/theory.md#stationary-second-moments)
+# --------------------------------------------------------------------------------------------
+
+
 def _check_nonneg(name: str, value: float) -> float:
     number = float(value)
     if not number >= 0.0:  # also rejects NaN
         raise ValueError(f"Expected {name} >= 0, got {value}")
+    return number
+
+
+def _check_positive(name: str, value: float) -> float:
+    number = float(value)
+    if not number > 0.0:
+        raise ValueError(f"Expected {name} > 0, got {value}")
     return number
 
 
@@ -67,6 +86,46 @@ def _check_unit(name: str, value: float, *, closed: bool = False) -> float:
 def _angle_from_one_minus_cos(one_minus_cos: float) -> float:
     """θ = acos(1 - x), computed as 2·asin(sqrt(x/2)) to avoid cancellation at small θ."""
     return 2.0 * math.asin(math.sqrt(max(one_minus_cos, 0.0) / 2.0))
+
+
+def _coupled_stationary(x: float, a: float, b: float, mu: float) -> tuple[float, float]:
+    """(η²E|g|²/E|w|², 1 - cos θ) for coupled decay, exactly (docs/theory.md#coupled-kernel).
+
+    The update ``u_t = w_{t+1} - w_t`` obeys ``u_t - μ u_{t-1} = -η (A d_t - B d_{t-1})`` with
+    ``d_t = g_t + λ w_t`` and white ``g``; ``x = ηλ``. Both results depend on ``x`` alone.
+    """
+    if not a > b:
+        raise ValueError("No equilibrium: the optimizer's memory feeds no gradient into the update")
+    # Stationarity of the AR(2) part w_{t+1} = (1 + μ - xA) w_t - (μ - xB) w_{t-1} + noise.
+    if not (x * (a + b) < 2.0 * (1.0 + mu) and abs(mu - x * b) < 1.0):
+        raise ValueError(f"No stationary state: lr*weight_decay={x} is too large for this momentum")
+    den = (a - b) * (1.0 + mu) + x * b * (a + b)
+    ratio_sq = x * (1.0 - mu + x * b) * (2.0 * (1.0 + mu) - x * (a + b)) / den
+    one_minus_cos = x * (a * a - 2.0 * a * b * mu + b * b + x * a * b * (a + b)) / den
+    return ratio_sq, one_minus_cos
+
+
+def _decoupled_stationary(x: float, a: float, b: float, r: float) -> tuple[float, float, float]:
+    """(1 - cos θ, amplification, update variance) for decoupled decay (docs/theory.md#decoupled-kernel).
+
+    ``w_{t+1} = (1 - x) w_t - η_u U_t`` with ``U_t - r U_{t-1} = A ĝ_t - B ĝ_{t-1}`` (ĝ white, unit
+    variance per element). Returns ``1 - cos θ``, ``E|w|² / (η_u² E|U|²)`` and ``E|U|²`` per
+    element; successive updates correlate as ``ρ_k = r^{k-1} D/γ₀`` (k >= 1).
+    """
+    if not 0.0 < x < 1.0:
+        raise ValueError(f"No stationary state: lr*weight_decay={x} must be in (0, 1)")
+    if not abs(r) < 1.0:
+        raise ValueError(f"Expected |r| < 1, got {r}")
+    decay = 1.0 - x
+    tail = a * r - b  # weight of ĝ_{t-j}, j >= 1, is tail·r^{j-1}
+    gamma0 = a * a + tail * tail / (1.0 - r * r)
+    if not gamma0 > 0.0:
+        raise ValueError("No equilibrium: the update carries no gradient")
+    lag = a * tail + tail * tail * r / (1.0 - r * r)  # E[U_t·U_{t-1}] per element
+    s1 = lag / (gamma0 * (1.0 - decay * r))  # Σ_k a^k ρ_{k+1}
+    one_minus_cos = x * (1.0 - x * s1) / (1.0 + 2.0 * decay * s1)
+    amplification = (1.0 + 2.0 * decay * s1) / (x * (2.0 - x))
+    return one_minus_cos, amplification, gamma0
 
 
 def _sgd_kernel(momentum: float, dampening: float, nesterov: bool) -> tuple[float, float]:
@@ -98,14 +157,12 @@ def _sgd_stationary(
             f"No equilibrium: dampening={dampening} with momentum={momentum} feeds no gradient "
             "into the buffer"
         )
-    x = lr * weight_decay
-    # Stationarity of the AR(2) part w_{t+1} = (1 + μ - xA) w_t - (μ - xB) w_{t-1} + noise.
-    if not (x * (a + b) < 2.0 * (1.0 + momentum) and abs(momentum - x * b) < 1.0):
-        raise ValueError(f"No stationary state: lr*weight_decay={x} is too large for momentum={momentum}")
-    den = (a - b) * (1.0 + momentum) + x * b * (a + b)
-    ratio_sq = x * (1.0 - momentum + x * b) * (2.0 * (1.0 + momentum) - x * (a + b)) / den
-    one_minus_cos = x * (a * a - 2.0 * a * b * momentum + b * b + x * a * b * (a + b)) / den
-    return ratio_sq, one_minus_cos
+    return _coupled_stationary(lr * weight_decay, a, b, momentum)
+
+
+# --------------------------------------------------------------------------------------------
+# SGD family (docs/theory.md#sgd-family)
+# --------------------------------------------------------------------------------------------
 
 
 def sgd_lars_ratio(
@@ -113,20 +170,20 @@ def sgd_lars_ratio(
 ) -> float:
     """Equilibrium ``lr·|g|/|w|`` of a scale-invariant group under torch.optim.SGD.
 
-    Leading order ``sqrt(2ηλ(1-μ)/(1-τ))`` for heavy ball (seed eq. 6 for μ = 0 and eq. 7, dampening
-    per theory.md) and ``sqrt(2ηλ(1-μ)/(1-μτ))`` for Nesterov (derived here; the two agree at τ = 0,
-    the only dampening torch accepts with Nesterov). Returned exactly (stationary second moments
-    of the toy, see the module docstring), e.g. heavy ball with dampening:
-    ``sqrt(ηλ(1-μ)(2(1+μ) - η(1-τ)λ) / ((1-τ)(1+μ)))``, which for μ = 0 is theory.md's
-    ``sqrt(2ηλ - η²λ²)``. Nesterov, τ = 0: ``sqrt(x(1-μ+xμ)(2(1+μ) - x(1+2μ)) / (1+μ + xμ(1+2μ)))``,
-    x = ηλ. With ``momentum == 0`` torch ignores dampening and nesterov, and so does this.
+    Leading order ``sqrt(2ηλ(1-μ)/(1-τ))`` for heavy ball (seed eq. 6 for μ = 0, eq. 7 with
+    momentum; dampening derived in docs/theory.md#sgd-family) and ``sqrt(2ηλ(1-μ)/(1-μτ))`` for
+    Nesterov (the two agree at τ = 0, the only dampening torch accepts with Nesterov). Returned
+    exactly (stationary second moments of the toy), e.g. heavy ball with dampening:
+    ``sqrt(ηλ(1-μ)(2(1+μ) - η(1-τ)λ) / ((1-τ)(1+μ)))``, which for μ = 0 is ``sqrt(2ηλ - η²λ²)``.
+    Nesterov, τ = 0: ``sqrt(x(1-μ+xμ)(2(1+μ) - x(1+2μ)) / (1+μ + xμ(1+2μ)))``, x = ηλ. With
+    ``momentum == 0`` torch ignores dampening and nesterov, and so does this.
 
     Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters; the
     per-step mean differs from this by O(1/C). Returns 0 for λ = 0 (the limit; no equilibrium
     is ever reached, the norm grows without bound).
 
-    Source: seed eqs. 6/7 (leading order); exact form derived here, checked by simulation in
-    tests/test_theory.py.
+    Source: seed eqs. 6-7 (leading order); exact form derived in
+    docs/theory.md#coupled-kernel, checked by simulation in tests/test_theory.py.
 
     Args:
         lr: Learning rate η.
@@ -154,7 +211,7 @@ def seed_lars_ratio(lr: float, weight_decay: float, momentum: float = 0.0, dampe
 
     Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters, ηλ ≪ (1-μ).
 
-    Source: the seed, eqs. 6-7; dampening τ derived in docs/theory.md.
+    Source: the seed, eqs. 6-7; dampening τ derived in docs/theory.md#sgd-family.
 
     Args:
         lr: Learning rate η.
@@ -180,42 +237,44 @@ def seed_lars_ratio(lr: float, weight_decay: float, momentum: float = 0.0, dampe
 
 
 def sgd_equilibrium_norm(lr: float, weight_decay: float, scale_free_grad_sq: float, momentum: float = 0.0,
-                         dampening: float = 0.0) -> float:
-    """Equilibrium norm ``|w*|`` of a scale-invariant group under SGD: ``|w*|⁴ = η(1-τ)E[G²]/(2λ(1-μ))``.
+                         dampening: float = 0.0, nesterov: bool = False) -> float:
+    """Equilibrium norm ``|w*|`` of a scale-invariant group under torch.optim.SGD: ``|w*|⁴ = η²E[G²]/R``.
 
-    ``G = |g|·|w|`` is the scale-free gradient norm (unchanged by rescaling a scale-invariant group). The
-    norm is the rest point of the mean-field equation ``d|w|⁴/dt = -4η_eλ|w|⁴ + 2η_e²G²``,
-    ``η_e = η(1-τ)/(1-μ)``, of :func:`sgd_relaxation_steps` (leading order in ηλ). Nesterov has the same.
+    ``G = |g|·|w|`` is the scale-free gradient norm (unchanged by rescaling a scale-invariant group) and
+    ``R = η²E|g|²/E|w|²`` the exact stationary ratio of :func:`sgd_lars_ratio`; with ``|g|² = G²/|w|²``
+    that gives ``|w*|⁴ = η²E[G²]/R``. To leading order in ηλ this is ``|w*|⁴ = η(1-τ)E[G²]/(2λ(1-μ))``
+    (seed eq. 7), the rest point of the mean-field equation of :func:`sgd_relaxation_steps`; Nesterov
+    has the same leading order.
 
-    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters, ηλ ≪ (1-μ).
+    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters; |w|
+    concentrates on its mean (relative corrections O(1/C)).
 
-    Source: docs/theory.md (equilibrium norms), consistent with the seed's eq. 7.
+    Source: docs/theory.md#sgd-family (derived there), checked by simulation in tests/test_theory.py.
 
     Args:
         lr: Learning rate η.
         weight_decay: Coupled weight decay λ.
         scale_free_grad_sq: E[G²] = E[(|g|·|w|)²].
         momentum: Momentum μ, ``0 <= μ < 1``.
-        dampening: Dampening τ, ``0 <= τ <= 1``.
+        dampening: Dampening τ, ``0 <= τ < 1`` when ``μ > 0``.
+        nesterov: Nesterov momentum.
 
     Returns:
-        |w*|; ``math.inf`` when λ = 0 (the norm grows without bound).
+        |w*|; ``math.inf`` when ηλ = 0 (the norm grows without bound).
 
     Raises:
-        ValueError: Out-of-range hyperparameters or a negative ``scale_free_grad_sq``.
+        ValueError: Out-of-range hyperparameters, a negative ``scale_free_grad_sq``, or ηλ so large that
+            no stationary state exists.
 
     Example:
-        >>> round(sgd_equilibrium_norm(0.4, 5e-4, 2 * 5e-4 * 0.1 / 0.4, 0.9), 12)
+        >>> round(sgd_equilibrium_norm(0.4, 5e-4, 2 * 5e-4 * 0.1 / 0.4, 0.9), 4)
         1.0
     """
-    lr = _check_nonneg("lr", lr)
-    weight_decay = _check_nonneg("weight_decay", weight_decay)
     grad_sq = _check_nonneg("scale_free_grad_sq", scale_free_grad_sq)
-    momentum = _check_unit("momentum", momentum)
-    dampening = _check_unit("dampening", dampening, closed=True)
-    if weight_decay == 0.0:
+    ratio_sq, _ = _sgd_stationary(lr, weight_decay, momentum, dampening, nesterov)
+    if ratio_sq == 0.0:
         return math.inf
-    return (lr * (1.0 - dampening) * grad_sq / (2.0 * weight_decay * (1.0 - momentum))) ** 0.25
+    return (float(lr) ** 2 * grad_sq / ratio_sq) ** 0.25
 
 
 def sgd_angle(
@@ -224,17 +283,18 @@ def sgd_angle(
     """Equilibrium rotation per step (radians) of a scale-invariant group under torch.optim.SGD.
 
     Heavy ball with dampening, exactly: ``cos θ = 1 - η(1-τ)λ/(1+μ)``, i.e.
-    ``θ ≈ sqrt(2η(1-τ)λ/(1+μ))`` (theory.md; for μ = 0 theory.md's exact ``cos θ = 1 - ηλ``).
-    Nesterov (theory.md's leading form ``sqrt(2ηλ(1+2μ-2μ³)/(1+μ))`` confirmed; exact:
-    ``1 - cos θ = x(1+2μ-2μ³ + xμ(1+μ)(1+2μ)) / (1+μ + xμ(1+2μ))``, x = ηλ). Nesterov rotates
+    ``θ ≈ sqrt(2η(1-τ)λ/(1+μ))`` (for μ = 0 the exact ``cos θ = 1 - ηλ``).
+    Nesterov: leading order ``sqrt(2ηλ(1+2μ-2μ³)/(1+μ))``; exactly
+    ``1 - cos θ = x(1+2μ-2μ³ + xμ(1+μ)(1+2μ)) / (1+μ + xμ(1+2μ))``, x = ηλ. Nesterov rotates
     faster than heavy ball (×1.158 at μ = 0.9) although its LARS ratio is the same.
     With ``momentum == 0`` torch ignores dampening and nesterov, and so does this.
 
     Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters; the
     per-step mean differs from this by O(1/C). Depends on (η, λ, μ, τ) only, not on |g|.
 
-    Source: Kosson et al. / Wan et al. (heavy ball, leading order, via theory.md); Nesterov,
-    dampening and the exact forms derived here, checked by simulation in tests/test_theory.py.
+    Source: heavy ball at leading order as in Kosson et al. 2024 (``sgdm_etar_func`` in the
+    authors' code); Nesterov, dampening and the exact forms derived in docs/theory.md#sgd-family,
+    checked by simulation in tests/test_theory.py.
 
     Args:
         lr: Learning rate η.
@@ -253,78 +313,50 @@ def sgd_angle(
     return _angle_from_one_minus_cos(one_minus_cos)
 
 
-def adamw_angle(lr: float, weight_decay: float, beta1: float) -> float:
-    """Equilibrium rotation per step (radians) under torch.optim.AdamW (decoupled decay).
+def sgd_relaxation_steps(
+    lr: float, weight_decay: float, momentum: float = 0.0, dampening: float = 0.0
+) -> float:
+    """Time constant, in steps, of ``|w|⁴`` approaching equilibrium under torch.optim.SGD.
 
-    With ``a = 1 - ηλ``: ``cos θ = (a + β1)/(1 + aβ1)``, equivalently
-    ``sin θ = sqrt((1-a²)(1-β1²))/(1 + aβ1)``; ``θ ≈ sqrt(2ηλ(1-β1)/(1+β1))``.
-    Correction to theory.md: its "exact" form ``θ = sqrt((1-a²)(1-β1²))/(1+aβ1)`` is ``sin θ``
-    (Wen et al. define the step as a chord/sine, not the angle); the difference is a relative
-    O(θ²), below anything measurable, but this returns the angle itself.
+    ``τ_eq = (1-μ)/(4η(1-τ)λ)``: with ``η_e = η(1-τ)/(1-μ)`` the mean-field norm equation
+    ``d|w|⁴/dt = -4η_eλ|w|⁴ + 2η_e²G²`` is linear in ``|w|⁴``, so
+    ``|w_t|⁴ = |w*|⁴ + (|w_0|⁴ - |w*|⁴)·exp(-t/τ_eq)``. Nesterov has the same τ_eq. With
+    ``momentum == 0`` torch ignores dampening, and so does this: ``1/(4ηλ)``.
 
-    Assumptions: E[w·g] = 0 (all that is used), gradients uncorrelated across steps, Adam's
-    second moment tracks the per-coordinate gradient variance (``sqrt(v̂) ≈ RMS(g)``, so β2 long
-    compared with the rate at which |g| changes and ``eps`` negligible), constant hyperparameters,
-    past the bias-correction transient.
+    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters, scale-
+    invariant gradient norm (|g| = G/|w| with constant G), and ``ηλ ≪ (1-μ)²`` so that momentum
+    is fast compared with the relaxation (the exact slowest mode is faster by a relative
+    ``≈ ηλμ/(1-μ)²``; simulated from 3× the equilibrium norm at μ = 0.9: -1.2 % at ηλ = 1e-4,
+    -3 % at ηλ = 2.5e-4; within 0.2 % without momentum).
 
-    Source: Wen et al. 2025 (weight-decay hyperball part 2, §2.5) and Kosson et al.'s
-    ``adamw_etar_func`` via theory.md; stationary AR(2) derivation here (the same as for SGD),
-    checked by simulation in tests/test_theory.py.
+    Source: derived in docs/theory.md#relaxation-times, checked by simulation in
+    tests/test_theory.py.
 
     Args:
         lr: Learning rate η.
-        weight_decay: Decoupled weight decay λ (AdamW multiplies w by ``1 - ηλ``).
-        beta1: First-moment coefficient β1, ``0 <= β1 < 1``.
+        weight_decay: Coupled weight decay λ.
+        momentum: Momentum μ, ``0 <= μ < 1``.
+        dampening: Dampening τ, ``0 <= τ <= 1``.
 
     Returns:
-        The predicted mean rotation angle per step, in radians.
+        τ_eq in steps; ``math.inf`` when ``η(1-τ)λ == 0``.
 
     Raises:
-        ValueError: Out-of-range hyperparameters (including ``ηλ >= 1``).
+        ValueError: Out-of-range hyperparameters.
     """
     lr = _check_nonneg("lr", lr)
     weight_decay = _check_nonneg("weight_decay", weight_decay)
-    beta1 = _check_unit("beta1", beta1)
-    x = lr * weight_decay
-    if x >= 1.0:
-        raise ValueError(f"No stationary state: lr*weight_decay={x} must be < 1")
-    a = 1.0 - x
-    return _angle_from_one_minus_cos(x * (1.0 - beta1) / (1.0 + a * beta1))
+    momentum = _check_unit("momentum", momentum)
+    dampening = _check_unit("dampening", dampening, closed=True)
+    if momentum == 0.0:
+        dampening = 0.0
+    rate = 4.0 * lr * (1.0 - dampening) * weight_decay
+    return math.inf if rate == 0.0 else (1.0 - momentum) / rate
 
 
-def adam_l2_angle(lr: float, weight_decay: float, beta1: float, grad_rms: float) -> float:
-    """Equilibrium rotation per step (radians) under torch.optim.Adam with coupled L2 weight decay.
-
-    Adam with ``sqrt(v̂) ≈ grad_rms`` is torch SGD with lr ``η/grad_rms``, momentum β1 and
-    dampening β1, so ``cos θ = 1 - ηλ(1-β1)/((1+β1)·grad_rms)``, i.e.
-    ``θ ≈ sqrt(2ηλ(1-β1)/((1+β1)·grad_rms))`` (theory.md's Adam+L2 row). It depends on the
-    gradient scale, so groups with different gradient RMS rotate at different rates.
-
-    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters,
-    ``sqrt(v̂) ≈ grad_rms`` per coordinate (β2 long, eps negligible) and ``λ|w| ≪ |g|`` inside v.
-    The last one holds automatically near equilibrium: there ``(λ|w|/|g|)² ≈
-    θ²(1+β1)/(4(1-β1))``, e.g. 0.4 % for θ = 0.03, β1 = 0.9.
-
-    Source: theory.md (derived there); mapping onto SGD with dampening derived here, checked by
-    simulation in tests/test_theory.py.
-
-    Args:
-        lr: Learning rate η.
-        weight_decay: Coupled L2 coefficient λ (torch Adam's ``weight_decay``).
-        beta1: First-moment coefficient β1, ``0 <= β1 < 1``.
-        grad_rms: Per-coordinate RMS of the loss gradient, ``|g|/sqrt(C)`` (without the λw term).
-
-    Returns:
-        The predicted mean rotation angle per step, in radians.
-
-    Raises:
-        ValueError: Out-of-range hyperparameters or ``grad_rms <= 0``.
-    """
-    grad_rms = float(grad_rms)
-    if not grad_rms > 0.0:
-        raise ValueError(f"Expected grad_rms > 0, got {grad_rms}")
-    lr = _check_nonneg("lr", lr)
-    return sgd_angle(lr / grad_rms, weight_decay, beta1, beta1)
+# --------------------------------------------------------------------------------------------
+# normwatch.optim.LARS (docs/theory.md#lars)
+# --------------------------------------------------------------------------------------------
 
 
 def _lars_ell(lr: float, momentum: float) -> float:
@@ -355,9 +387,9 @@ def lars_ratio(lr: float, momentum: float) -> float:
     but there is no equilibrium), w·g = 0, gradients uncorrelated across steps, constant
     hyperparameters; the per-step mean differs from this by O(1/C).
 
-    Source: seed eq. 4 (definition of LARS; leading order); exact form derived here (the heavy-ball
-    stationary ratio at decay ℓ equals ``η·sqrt(1 - ℓ²)``), checked against a state-space
-    computation and by simulation in tests/test_theory.py.
+    Source: seed eq. 4 (definition of LARS; leading order); exact form derived in
+    docs/theory.md#lars (the heavy-ball stationary ratio at decay ℓ equals ``η·sqrt(1 - ℓ²)``),
+    checked against a state-space computation and by simulation in tests/test_theory.py.
 
     Args:
         lr: LARS learning rate η (the seed's λ_LARS).
@@ -376,10 +408,10 @@ def lars_ratio(lr: float, momentum: float) -> float:
 def lars_angle(lr: float, momentum: float) -> float:
     """Equilibrium rotation per step (radians) of a ``lars=True`` group under normwatch.optim.LARS.
 
-    Leading order ``θ = η/sqrt(1-μ²)`` (theory.md): every LARS step has length ``η|w|`` before
-    momentum, so the rotation is set by η and μ alone; weight decay only sets the radius.
-    Returned in the stationary form: LARS is heavy ball on ``|w|(ĝ + κŵ)/sqrt(1+κ²)``, i.e. with
-    an effective decay ``ℓ = κ/sqrt(1+κ²)`` that equilibrium fixes at the root of
+    Leading order ``θ = η/sqrt(1-μ²)``: every LARS step has length ``η|w|`` before momentum, so the
+    rotation is set by η and μ alone; weight decay only sets the radius. Returned in the
+    stationary form: LARS is heavy ball on ``|w|(ĝ + κŵ)/sqrt(1+κ²)``, i.e. with an effective
+    decay ``ℓ = κ/sqrt(1+κ²)`` that equilibrium fixes at the root of
     ``2ημℓ² + 2(1-μ²)ℓ - η(1+μ) = 0`` (``ℓ ≈ η/(2(1-μ))``), and ``cos θ = 1 - ηℓ/(1+μ)``.
     For μ = 0 that is ``cos θ = 1 - η²/2``. The two differ by a relative O((η/(2(1-μ)))²).
 
@@ -388,8 +420,7 @@ def lars_angle(lr: float, momentum: float) -> float:
     geometrically (|w|² by a factor ``≈ 1 + η²/(1-μ)²`` per step for small η) and the momentum
     buffer then sums shorter past steps, so the angle falls below this value; see ``equilibrium``.
 
-    Source: theory.md (leading order); stationary form derived here, checked by simulation in
-    tests/test_theory.py.
+    Source: derived in docs/theory.md#lars, checked by simulation in tests/test_theory.py.
 
     Args:
         lr: LARS learning rate η.
@@ -405,61 +436,142 @@ def lars_angle(lr: float, momentum: float) -> float:
     return _angle_from_one_minus_cos(lr * ell / (1.0 + momentum))
 
 
-def sgd_relaxation_steps(
-    lr: float, weight_decay: float, momentum: float = 0.0, dampening: float = 0.0
-) -> float:
-    """Time constant, in steps, of ``|w|⁴`` approaching equilibrium under torch.optim.SGD.
+def lars_equilibrium_norm(lr: float, weight_decay: float, scale_free_grad_sq: float, momentum: float) -> float:
+    """Equilibrium norm ``|w*|`` of a ``lars=True`` group under normwatch.optim.LARS: ``|w*|² = Gℓ/(λ√(1-ℓ²))``.
 
-    ``τ_eq = (1-μ)/(4η(1-τ)λ)``: with ``η_e = η(1-τ)/(1-μ)`` the mean-field norm equation
-    ``d|w|⁴/dt = -4η_eλ|w|⁴ + 2η_e²G²`` is linear in ``|w|⁴``, so
-    ``|w_t|⁴ = |w*|⁴ + (|w_0|⁴ - |w*|⁴)·exp(-t/τ_eq)``. Nesterov has the same τ_eq. With
-    ``momentum == 0`` torch ignores dampening, and so does this: ``1/(4ηλ)``.
+    Equilibrium fixes ``ℓ = κ/sqrt(1+κ²)`` (:func:`lars_angle`), i.e. ``κ = ℓ/sqrt(1-ℓ²)``, and
+    ``κ = λ|w|/|g| = λ|w|²/G`` because ``|g| = G/|w|``; so ``|w*|² = Gκ/λ``. Leading order
+    ``|w*|² = ηG/(2λ(1-μ))``: like SGD's, ``|w*| ∝ sqrt(G)``, but ``∝ λ^{-1/2}`` where SGD's is
+    ``∝ λ^{-1/4}``.
 
-    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters, scale-
-    invariant gradient norm (|g| = G/|w| with constant G), and ``ηλ ≪ (1-μ)²`` so that momentum
-    is fast compared with the relaxation (the exact slowest mode is faster by a relative
-    ``≈ ηλμ/(1-μ)²``; simulated from 3× the equilibrium norm at μ = 0.9: -1.2 % at ηλ = 1e-4,
-    -3 % at ηλ = 2.5e-4; within 0.2 % without momentum).
+    Assumptions: as :func:`lars_angle`; ``G = sqrt(E[G²])`` (the trust ratio uses each step's |g|, so
+    G's fluctuations enter at O(1/C)).
 
-    Source: theory.md §3 (derived there), checked by simulation in tests/test_theory.py.
+    Source: derived in docs/theory.md#lars, checked by simulation in tests/test_theory.py.
+
+    Args:
+        lr: LARS learning rate η.
+        weight_decay: Weight decay λ (added to the gradient before the trust ratio).
+        scale_free_grad_sq: E[G²] = E[(|g|·|w|)²].
+        momentum: Momentum μ, ``0 <= μ < 1``.
+
+    Returns:
+        |w*|; ``math.inf`` when λ = 0.
+
+    Raises:
+        ValueError: Out-of-range hyperparameters or a negative ``scale_free_grad_sq``.
+    """
+    weight_decay = _check_nonneg("weight_decay", weight_decay)
+    grad = math.sqrt(_check_nonneg("scale_free_grad_sq", scale_free_grad_sq))
+    ell = _lars_ell(lr, momentum)
+    if weight_decay == 0.0:
+        return math.inf
+    kappa = ell / math.sqrt((1.0 - ell) * (1.0 + ell))
+    return math.sqrt(grad * kappa / weight_decay)
+
+
+# --------------------------------------------------------------------------------------------
+# AdamW and Adam with L2 (docs/theory.md#adamw, docs/theory.md#adam-with-l2)
+# --------------------------------------------------------------------------------------------
+
+
+def adamw_angle(lr: float, weight_decay: float, beta1: float) -> float:
+    """Equilibrium rotation per step (radians) under torch.optim.AdamW (decoupled decay).
+
+    With ``a = 1 - ηλ``: ``cos θ = (a + β₁)/(1 + aβ₁)``, equivalently
+    ``sin θ = sqrt((1-a²)(1-β₁²))/(1 + aβ₁)``; ``θ ≈ sqrt(2ηλ(1-β₁)/(1+β₁))``. (Wen et al. 2025 give the
+    ``sin θ`` expression as the per-step rotation; the difference is a relative O(θ²), below anything
+    measurable, but this returns the angle itself.)
+
+    Assumptions: E[w·g] = 0 (all that is used), gradients uncorrelated across steps, Adam's
+    second moment tracks the per-coordinate gradient variance (``sqrt(v̂) ≈ RMS(g)``, so β₂ long
+    compared with the rate at which |g| changes and ``eps`` negligible), constant hyperparameters,
+    past the bias-correction transient. The size of the update does not enter, so the angle holds
+    with ``amsgrad`` too.
+
+    Source: leading order as in Kosson et al. 2024 (``adamw_etar_func`` in the authors' code); exact
+    stationary form derived in docs/theory.md#adamw, checked against a state-space computation and
+    by simulation in tests/test_theory.py.
 
     Args:
         lr: Learning rate η.
-        weight_decay: Coupled weight decay λ.
-        momentum: Momentum μ, ``0 <= μ < 1``.
-        dampening: Dampening τ, ``0 <= τ <= 1``.
+        weight_decay: Decoupled weight decay λ (AdamW multiplies w by ``1 - ηλ``).
+        beta1: First-moment coefficient β₁, ``0 <= β₁ < 1``.
 
     Returns:
-        τ_eq in steps; ``math.inf`` when ``η(1-τ)λ == 0``.
+        The predicted mean rotation angle per step, in radians.
 
     Raises:
-        ValueError: Out-of-range hyperparameters.
+        ValueError: Out-of-range hyperparameters (including ``ηλ >= 1``).
     """
     lr = _check_nonneg("lr", lr)
     weight_decay = _check_nonneg("weight_decay", weight_decay)
-    momentum = _check_unit("momentum", momentum)
-    dampening = _check_unit("dampening", dampening, closed=True)
-    if momentum == 0.0:
-        dampening = 0.0
-    rate = 4.0 * lr * (1.0 - dampening) * weight_decay
-    return math.inf if rate == 0.0 else (1.0 - momentum) / rate
+    beta1 = _check_unit("beta1", beta1)
+    x = lr * weight_decay
+    if x >= 1.0:
+        raise ValueError(f"No stationary state: lr*weight_decay={x} must be < 1")
+    a = 1.0 - x
+    return _angle_from_one_minus_cos(x * (1.0 - beta1) / (1.0 + a * beta1))
+
+
+def adamw_equilibrium_norm(lr: float, weight_decay: float, beta1: float, numel: int) -> float:
+    """Equilibrium norm ``|w*|`` under torch.optim.AdamW: ``|w*|² = η²C(1-β₁)(1+aβ₁)/((1+β₁)(1-a²)(1-aβ₁))``.
+
+    ``a = 1 - ηλ``, C = ``numel``. Each element's normalised update ``m̂/sqrt(v̂)`` has variance
+    ``(1-β₁)/(1+β₁)`` and lag-k correlation ``β₁^k``; summing the decayed updates
+    ``w_t = -η Σ_k a^k U_{t-1-k}`` gives the stationary ``E|w|²`` above. Leading order
+    ``|w*|² = ηC/(2λ)`` (RMS ``sqrt(η/(2λ))`` per element), independent of the gradient scale.
+
+    Assumptions: as :func:`adamw_angle`, and ``eps`` negligible against ``sqrt(v̂)``. ``v̂``'s own
+    noise lowers ``E[g²/v̂]`` by ``≈ 2(1-β₂)β₂/(1+β₂)`` for Gaussian gradients (|w*| by 0.05 % at
+    β₂ = 0.999, 0.5 % at β₂ = 0.99). For a scale-invariant group |w| and ``v̂`` adjust to each other
+    with a slow mode of time constant ``2/(1-β₂)`` steps (docs/theory.md#adamw), so the first
+    steps' transient lingers that long. With ``amsgrad`` the update is smaller and this is an upper
+    bound.
+
+    Source: leading order as in Kosson et al. 2024; exact form derived in docs/theory.md#adamw
+    (it matches the table of Wen et al. 2025), checked against a state-space computation and by
+    simulation in tests/test_theory.py.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Decoupled weight decay λ.
+        beta1: First-moment coefficient β₁, ``0 <= β₁ < 1``.
+        numel: Number of elements C in the group.
+
+    Returns:
+        |w*|; ``math.inf`` when ηλ = 0.
+
+    Raises:
+        ValueError: Out-of-range hyperparameters (including ``ηλ >= 1``) or ``numel < 1``.
+    """
+    lr = _check_nonneg("lr", lr)
+    x = lr * _check_nonneg("weight_decay", weight_decay)
+    beta1 = _check_unit("beta1", beta1)
+    numel = _check_positive("numel", numel)
+    if x == 0.0:
+        return math.inf
+    _, amplification, gamma0 = _decoupled_stationary(x, 1.0 - beta1, 0.0, beta1)
+    return lr * math.sqrt(numel * gamma0 * amplification)
 
 
 def adamw_relaxation_steps(lr: float, weight_decay: float) -> float:
     """Time constant, in steps, of ``|w|²`` approaching equilibrium under torch.optim.AdamW.
 
     ``1/(2ηλ)``: the update's size does not depend on |w|, so
-    ``|w_t|² = |w*|² + (|w_0|² - |w*|²)(1-ηλ)^{2t}`` (exact rate ``-2 ln(1-ηλ)``).
+    ``|w_t|² = |w*|² + (|w_0|² - |w*|²)(1-ηλ)^{2t}`` (exact rate ``-2 ln(1-ηλ)``). The same holds for
+    every decoupled optimizer whose update has a size independent of |w| (NAdamW, RAdamW, Muon,
+    a declared decoupled optimizer).
 
     Assumptions: gradients uncorrelated across steps, Adam's ``sqrt(v̂)`` tracks the gradient
     RMS (so the normalised update has constant size), constant hyperparameters, ``ηλ ≪ 1``.
     For a scale-invariant group ``|g| ∝ 1/|w|`` changes while |w| relaxes, and ``sqrt(v̂)``
-    follows only if ``1/(1-β2) ≪ 1/(2ηλ)``. Simulated from 3× the equilibrium norm at
-    τ = 250-500 steps: within 1-2 % with β2 = 0.95, but 35-60 % *slower* with torch's default
-    β2 = 0.999, whose lagging ``v̂`` inflates the steps as |w| shrinks.
+    follows only if ``1/(1-β₂) ≪ 1/(2ηλ)``. Simulated from 3× the equilibrium norm at
+    τ = 250-500 steps: within 1-2 % with β₂ = 0.95, but 35-60 % *slower* with torch's default
+    β₂ = 0.999, whose lagging ``v̂`` inflates the steps as |w| shrinks.
 
-    Source: Su Jianlin, kexue.fm/archives/11307, and Kosson et al. (via theory.md §3), checked by
-    simulation in tests/test_theory.py.
+    Source: derived in docs/theory.md#relaxation-times (as in Kosson et al. 2024 and Su Jianlin,
+    kexue.fm/archives/11307), checked by simulation in tests/test_theory.py.
 
     Args:
         lr: Learning rate η.
@@ -473,6 +585,105 @@ def adamw_relaxation_steps(lr: float, weight_decay: float) -> float:
     """
     rate = 2.0 * _check_nonneg("lr", lr) * _check_nonneg("weight_decay", weight_decay)
     return math.inf if rate == 0.0 else 1.0 / rate
+
+
+def adam_l2_angle(lr: float, weight_decay: float, beta1: float, grad_rms: float) -> float:
+    """Equilibrium rotation per step (radians) under torch.optim.Adam with coupled L2 weight decay.
+
+    Adam with ``sqrt(v̂) ≈ grad_rms`` is torch SGD with lr ``η/grad_rms``, momentum β₁ and
+    dampening β₁, so ``cos θ = 1 - ηλ(1-β₁)/((1+β₁)·grad_rms)``, i.e.
+    ``θ ≈ sqrt(2ηλ(1-β₁)/((1+β₁)·grad_rms))``. It depends on the gradient scale, so groups with
+    different gradient RMS rotate at different rates.
+
+    Assumptions: w·g = 0, gradients uncorrelated across steps, constant hyperparameters,
+    ``sqrt(v̂) ≈ grad_rms`` per coordinate (β₂ long, eps negligible) and ``λ|w| ≪ |g|`` inside v.
+    The last one holds automatically near equilibrium: there ``(λ|w|/|g|)² ≈
+    θ²(1+β₁)/(4(1-β₁))``, e.g. 0.4 % for θ = 0.03, β₁ = 0.9.
+
+    Source: derived in docs/theory.md#adam-with-l2 (mapping onto SGD with dampening), checked by
+    simulation in tests/test_theory.py.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Coupled L2 coefficient λ (torch Adam's ``weight_decay``).
+        beta1: First-moment coefficient β₁, ``0 <= β₁ < 1``.
+        grad_rms: Per-coordinate RMS of the loss gradient, ``|g|/sqrt(C)`` (without the λw term).
+
+    Returns:
+        The predicted mean rotation angle per step, in radians.
+
+    Raises:
+        ValueError: Out-of-range hyperparameters or ``grad_rms <= 0``.
+    """
+    grad_rms = _check_positive("grad_rms", grad_rms)
+    lr = _check_nonneg("lr", lr)
+    return sgd_angle(lr / grad_rms, weight_decay, beta1, beta1)
+
+
+def _coupled_adaptive_norm(lr: float, weight_decay: float, kernel: tuple[float, float, float],
+                           scale_free_grad_sq: float, numel: int) -> float:
+    """|w*| of a coupled adaptive optimizer: SGD with lr ``η/σ`` on ``kernel = (A, B, μ)``, ``σ = G/(|w|√C)``.
+
+    With ``x = ηλ/σ = ηλ|w|√C/G`` the stationary ratio gives ``R(x) = η²C/|w|²``, i.e.
+    ``x²R(x) = (η²λC/G)²``; solved for x by bisection on the rising branch, then ``|w*| = xG/(ηλ√C)``.
+    """
+    lr = _check_nonneg("lr", lr)
+    weight_decay = _check_nonneg("weight_decay", weight_decay)
+    grad = math.sqrt(_check_positive("scale_free_grad_sq", scale_free_grad_sq))
+    numel = _check_positive("numel", numel)
+    a, b, mu = kernel
+    if lr * weight_decay == 0.0:
+        return math.inf
+    target = (lr * lr * weight_decay * numel / grad) ** 2
+    lo, hi = 0.0, 1.5 * (1.0 + mu) / (a + b)  # x²R(x) rises up to ~3/4 of the stationarity bound
+
+    def excess(x: float) -> float:
+        return x * x * _coupled_stationary(x, a, b, mu)[0] - target
+
+    if excess(hi) < 0.0:
+        raise ValueError("No stationary state: lr*weight_decay is too large for this gradient scale")
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) < 0.0 else (lo, mid)
+        if hi - lo <= 1e-15 * hi:
+            break
+    return 0.5 * (lo + hi) * grad / (lr * weight_decay * math.sqrt(numel))
+
+
+def adam_l2_equilibrium_norm(lr: float, weight_decay: float, beta1: float, scale_free_grad_sq: float,
+                             numel: int) -> float:
+    """Equilibrium norm ``|w*|`` under torch.optim.Adam with coupled L2: ``|w*|³ ≈ η√C·G/(2λ)``.
+
+    Adam with ``sqrt(v̂) ≈ σ = G/(|w|√C)`` is SGD with lr ``η/σ``, momentum and dampening β₁
+    (:func:`adam_l2_angle`); its exact stationary ratio ``R(x)``, ``x = ηλ/σ``, equals
+    ``η²C/|w|²`` because ``|g|/σ = √C``. Solved for |w| (a one-dimensional root); the leading order
+    is ``|w*|³ = η√C·G/(2λ)``, so ``|w*| ∝ (ηG/λ)^{1/3}``.
+
+    Assumptions: as :func:`adam_l2_angle`, with ``G = sqrt(E[G²])``; the λw term inside v̂ is
+    neglected (a relative O(θ²) correction, the same order as the gap to the leading form).
+
+    Source: derived in docs/theory.md#adam-with-l2, checked by simulation in tests/test_theory.py.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Coupled L2 coefficient λ.
+        beta1: First-moment coefficient β₁, ``0 <= β₁ < 1``.
+        scale_free_grad_sq: E[G²] = E[(|g|·|w|)²], > 0.
+        numel: Number of elements C in the group.
+
+    Returns:
+        |w*|; ``math.inf`` when ηλ = 0.
+
+    Raises:
+        ValueError: Out-of-range hyperparameters, ``scale_free_grad_sq <= 0`` or ``numel < 1``.
+    """
+    beta1 = _check_unit("beta1", beta1)
+    return _coupled_adaptive_norm(lr, weight_decay, (1.0 - beta1, 0.0, beta1), scale_free_grad_sq, numel)
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatchers
+# --------------------------------------------------------------------------------------------
 
 
 def equilibrium(
@@ -502,7 +713,7 @@ def equilibrium(
     an unknown family, the Adam/AdamW ratio, the Adam angle when ``grad_rms`` is None or 0, and
     hyperparameters for which no stationary state exists (e.g. ``momentum >= 1``, dampening 1).
 
-    Assumptions and sources: see the individual functions.
+    Assumptions and sources: see the individual functions and docs/theory.md#sources.
 
     Args:
         family: One of ``"sgd"``, ``"adam"``, ``"adamw"``, ``"lars"``.
@@ -534,3 +745,63 @@ def equilibrium(
         return lars_ratio(lr, momentum), lars_angle(lr, momentum)
     except ValueError:
         return None, None
+
+
+def equilibrium_norm(
+    family: str,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    beta1: float = 0.9,
+    scale_free_grad_sq: float | None = None,
+    numel: int | None = None,
+) -> float | None:
+    """Predicted equilibrium norm ``|w*|`` of one scale-invariant group of a given optimizer family.
+
+    * ``"sgd"``: :func:`sgd_equilibrium_norm`; needs ``scale_free_grad_sq`` (E[G²], G = |g|·|w|).
+    * ``"lars"``: :func:`lars_equilibrium_norm`; needs ``scale_free_grad_sq``.
+    * ``"adamw"``: :func:`adamw_equilibrium_norm`; needs ``numel`` (not G: AdamW's |w*| does not
+      depend on the gradient scale).
+    * ``"adam"`` (coupled L2): :func:`adam_l2_equilibrium_norm`; needs both.
+
+    ``None`` wherever no formula applies: an unknown family, ``weight_decay == 0`` (no equilibrium;
+    the norm grows without bound), a missing or non-positive input the family needs, and
+    hyperparameters with no stationary state. Used to rescale a layer to |w*| before training
+    and for the |w|/|w*| figure.
+
+    Assumptions and sources: see the individual functions and docs/theory.md#sources.
+
+    Args:
+        family: One of ``"sgd"``, ``"adam"``, ``"adamw"``, ``"lars"``.
+        lr: The group's learning rate η.
+        weight_decay: The group's weight decay λ.
+        momentum: The group's momentum μ (SGD, LARS).
+        dampening: The group's dampening τ (SGD).
+        nesterov: The group's nesterov flag (SGD).
+        beta1: Adam's first beta β₁ (Adam, AdamW).
+        scale_free_grad_sq: E[G²] of the group, e.g. a moving average of ``(|g|·|w|)²`` (SGD, LARS,
+            Adam).
+        numel: Number of elements C in the group (Adam, AdamW).
+
+    Returns:
+        |w*| as a float, or None.
+    """
+    if family not in FAMILIES or not weight_decay > 0.0:
+        return None
+    has_g = scale_free_grad_sq is not None and scale_free_grad_sq > 0.0
+    has_c = numel is not None and numel > 0
+    try:
+        if family == "sgd" and has_g:
+            return sgd_equilibrium_norm(lr, weight_decay, scale_free_grad_sq, momentum, dampening, nesterov)
+        if family == "lars" and has_g:
+            return lars_equilibrium_norm(lr, weight_decay, scale_free_grad_sq, momentum)
+        if family == "adamw" and has_c:
+            return adamw_equilibrium_norm(lr, weight_decay, beta1, numel)
+        if family == "adam" and has_g and has_c:
+            return adam_l2_equilibrium_norm(lr, weight_decay, beta1, scale_free_grad_sq, numel)
+    except ValueError:
+        return None
+    return None
