@@ -157,9 +157,9 @@ def equilibrium_init(
 
 # -- which layers, with which hyperparameters ----------------------------------------------------------------
 def _check_theory(optimizer: torch.optim.Optimizer, family: update.Family) -> None:
-    supported = ("sgd", "lars", "adam", "adamw") if hasattr(theory, "equilibrium_norm") else ("sgd",)
+    supported = ("sgd", "lars", "adam", "adamw")
     if isinstance(optimizer, LARS):
-        _check_lars_options(optimizer, supported)
+        _check_lars_options(optimizer)
         return
     if family not in supported:
         names = {"sgd": "torch.optim.SGD", "lars": "normwatch.optim.LARS", "adam": "torch.optim.Adam",
@@ -168,16 +168,11 @@ def _check_theory(optimizer: torch.optim.Optimizer, family: update.Family) -> No
                          f"{', '.join(names[f] for f in supported)} (without maximize).")
 
 
-def _check_lars_options(optimizer: LARS, supported: tuple[str, ...]) -> None:
+def _check_lars_options(optimizer: LARS) -> None:
     for group in optimizer.param_groups:
-        if not group["lars"]:
-            continue
-        if group["trust"] != "tensor" or group["guard"] is not None or group["grad_norm_beta"] != 0:
+        if group["lars"] and (group["trust"] != "tensor" or group["guard"] is not None or group["grad_norm_beta"] != 0):
             raise ValueError("equilibrium_init has no equilibrium theory for LARS with trust='channel', a guard "
                              "or grad_norm_beta; use trust='tensor', guard=None and grad_norm_beta=0.")
-        if "lars" not in supported:
-            raise ValueError("equilibrium_init has no equilibrium theory for LARS yet (normwatch.theory has "
-                             "SGD's only); use it with torch.optim.SGD or LARS groups with lars=False.")
 
 
 def _plan(layer: Layer, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -205,15 +200,12 @@ def _hyper(family: update.Family, group: dict[str, Any], lr: float | None) -> up
 
 
 def _equilibrium_norm(hp: update.Hyper, grad_sq: float, numel: int) -> float:
-    """|w*| from normwatch.theory: its dispatcher where it has one, else SGD's own function."""
+    """|w*| from :func:`normwatch.theory.equilibrium_norm`."""
     dampening = hp.dampening if hp.momentum > 0 else 0.0  # torch ignores dampening without momentum
-    dispatch = getattr(theory, "equilibrium_norm", None)
-    if dispatch is not None:
-        norm = dispatch(hp.rule, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
-                        dampening=dampening, nesterov=hp.nesterov, beta1=hp.beta1,
-                        scale_free_grad_sq=grad_sq, numel=numel)
-        return math.nan if norm is None else float(norm)
-    return theory.sgd_equilibrium_norm(hp.lr, hp.weight_decay, grad_sq, hp.momentum, dampening)
+    norm = theory.equilibrium_norm(hp.rule, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
+                                   dampening=dampening, nesterov=hp.nesterov, beta1=hp.beta1,
+                                   scale_free_grad_sq=grad_sq, numel=numel)
+    return math.nan if norm is None else float(norm)
 
 
 def _results(plans: list[_Plan], active: list[_Plan], grad_sq: list[float]) -> dict[str, LayerScale]:

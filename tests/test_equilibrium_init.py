@@ -29,8 +29,6 @@ from normwatch import theory
 from normwatch.optim import LARS
 from tests.models import seeded_batches, small_bn_net
 
-HAS_DISPATCHER = hasattr(theory, "equilibrium_norm")
-
 
 def _bn_net(tiny_eps: bool = True) -> nn.Sequential:
     """small_bn_net in float64, with running statistics that are not the defaults; layer '4' has a bias that
@@ -274,11 +272,8 @@ def test_errors():
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), before.values()))
 
 
-@pytest.mark.skipif(HAS_DISPATCHER, reason="normwatch.theory has equilibrium norms beyond SGD")
-def test_lars_without_its_theory_says_so():
+def test_lars_groups_without_lars_use_sgds_theory():
     net = _bn_net()
-    with pytest.raises(ValueError, match="no equilibrium theory for LARS yet"):
-        normwatch.equilibrium_init(net, LARS(net.parameters(), lr=0.1, weight_decay=1e-3), _batches(1))
     plain = LARS(net.parameters(), lr=0.4, momentum=0.9, weight_decay=5e-4)
     plain.param_groups[0]["lars"] = False  # plain SGD groups use SGD's theory
     assert set(normwatch.equilibrium_init(net, plain, _batches(1))) == {"0", "4"}
@@ -357,7 +352,6 @@ def test_toy_sgd_lands_at_equilibrium():
         lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, dampening=0.5, weight_decay=1e-2), 300, 100)
 
 
-@pytest.mark.skipif(not HAS_DISPATCHER, reason="normwatch.theory.equilibrium_norm is not on this branch yet")
 @pytest.mark.parametrize(
     "make_opt",
     [
