@@ -1,18 +1,20 @@
 """The tracked tensors of one param group on one device with one dtype, in flat buffers, and each step's work.
 
-A bucket holds every tensor's snapshot w_t and gradient memory v in two flat buffers (:mod:`normwatch.flat`),
+(``states`` are the optimizer's per-tensor state dicts, as this rank holds them.) A bucket holds every tensor's
+snapshot w_t and gradient memory v in two flat buffers (:mod:`normwatch.flat`),
 so that a step costs a number of kernels that does not grow with the number of tensors:
 
-- before a recorded step, one ``_foreach_copy_`` of the weights into the snapshot;
-- after every step, the memory's step (:func:`~normwatch.update.memory_coefficients`), with one
-  ``_foreach`` call when the step is not recorded;
+- before a recorded step, one ``_foreach_copy_`` of the weights into the snapshot (and of the optimizer state
+  its rule reads from before the step, for Adadelta);
+- after a step that is not recorded, the memory's step with a few ``_foreach`` calls;
 - after a recorded step, per chunk of at most :data:`CHUNK` elements: the gradients, the new weights and the
   optimizer state the rule reads are copied into scratch rows (one ``_foreach_copy_`` each), then
   :func:`normwatch.chunk.partials` computes every sum with a few kernels over the chunk; one segmented sum
   turns the per-block partials into per-tensor sums.
 
 Extra memory: the two flat buffers (2× the instrumented parameters; float32 for 16-bit ones), and during a
-recorded step scratch rows of ``min(group, CHUNK)`` elements (3 to 5 of them by optimizer).
+recorded step scratch rows of ``min(group, CHUNK)`` elements (the gradients, the new weights, the state rows
+of the rule and one for products).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import Any
 
 import torch
 
-from normwatch import _dist, chunk, update
+from normwatch import _dist, chunk
 from normwatch.flat import BLOCK, Blocks, Layout
+from normwatch.rules import RULES, Hyper, Rule
 
 CHUNK = 1 << 23  # elements of one chunk's scratch row (32 MiB in float32): bounds the scratch, whatever the model
 Plan = tuple[tuple[int, int], ...]  # chunks: (first, stop) index ranges into the bucket's tensors
+Grads = Sequence[torch.Tensor | None]
 
 
 def buffer_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -50,8 +54,9 @@ class Bucket:
         self.memory = torch.zeros(self.layout.size, dtype=self.dtype, device=self.device)
         self.snapshot_views = self.layout.views(self.snapshot)
         self.memory_views = self.layout.views(self.memory)
-        self.index = torch.tensor(self.indices, dtype=torch.int64, device=self.device)
+        self.index = _ints(tuple(self.indices), self.device)
         self._plans: dict[tuple[bool, ...], Plan] = {}
+        self._before: dict[str, torch.Tensor] = {}  # state from before a recorded step, where the rule reads it
 
     @property
     def nbytes(self) -> int:
@@ -61,19 +66,29 @@ class Bucket:
         return [_dist.local(p.detach()) for p in self.params]
 
     # -- the steps ----------------------------------------------------------------------------------------
-    def take_snapshot(self) -> None:
+    def before_recorded_step(self, hp: Hyper, states: Sequence[Mapping[str, Any]]) -> None:
+        """Copy w_t into the snapshot, and the state the rule reads as it was before the step."""
         torch._foreach_copy_(self.snapshot_views, self.weights())
+        self._before = {}
+        for key in RULES[hp.rule].pre_state_keys(hp):
+            flat = torch.zeros(self.layout.size, dtype=self.dtype, device=self.device)  # no state yet: zeros
+            held = [(view, s[key]) for view, s in zip(self.layout.views(flat), states) if key in s]
+            if held:
+                torch._foreach_copy_(*map(list, zip(*held)))
+            self._before[key] = flat
 
-    def advance_memory(self, hp: update.Hyper, grads: Sequence[torch.Tensor | None], first: Sequence[bool],
-                       present: Sequence[bool], trust: Sequence[torch.Tensor] | None,
-                       skip: torch.Tensor | None) -> None:
-        """A step that is not recorded: ``v ← a·v + b·(t·g)`` with ``_foreach`` kernels, per run of tensors that
+    def advance_memory(self, hp: Hyper, grads: Grads, states: Sequence[Mapping[str, Any]], first: Sequence[bool],
+                       present: Sequence[bool], skip: torch.Tensor | None) -> None:
+        """A step that is not recorded: ``v ← a·v + b·(s·ĝ)`` with ``_foreach`` kernels, per run of tensors that
         got a gradient and share the first-step flag (one run, usually)."""
+        rule = RULES[hp.rule]
         for first_i, stop in self._plan(present, first, chunked=False):
-            views, g = self.memory_views[first_i:stop], list(grads[first_i:stop])
-            if trust is not None:
-                g = [x * t for x, t in zip(g, trust[first_i:stop])]  # LARS: a trust ratio per tensor
-            a, b = update.memory_coefficients(hp, first[first_i])
+            g = list(grads[first_i:stop])
+            if rule.mirrors(hp):
+                g = rule.scaled_gradients(hp, g, states[first_i:stop])
+            a, b = rule.memory_coefficients(hp, first[first_i])
+            b = -b if hp.maximize else b  # the optimizer feeds −g to its state
+            views = self.memory_views[first_i:stop]
             if skip is not None:  # select, not multiply by 0: a skipped step's gradient may be inf or NaN
                 start, end = self.layout.span(first_i, stop)
                 old = self.memory[start:end]
@@ -87,21 +102,21 @@ class Bucket:
                 torch._foreach_mul_(views, a)
                 torch._foreach_add_(views, g, alpha=b)
 
-    def recorded_rows(self, hp: update.Hyper, grads: Sequence[torch.Tensor | None],
-                      states: Sequence[Mapping[str, Any]], first: Sequence[bool], present: Sequence[bool],
-                      skip: torch.Tensor | None,
+    def recorded_rows(self, hp: Hyper, grads: Grads, states: Sequence[Mapping[str, Any]], first: Sequence[bool],
+                      present: Sequence[bool], skip: torch.Tensor | None,
                       compute: Callable[..., None]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A recorded step: advance the memory and return the present tensors (as indices into the Watcher's
         tensors, on the device) and their rows of :data:`~normwatch.sums.SUMS`, ``(n, K)`` float32."""
         plan = self._plan(present, first, chunked=True)
         if not plan:
             return self.index, None
+        rule = RULES[hp.rule]
+        keys = rule.state_keys(hp)
         largest = max(self._length(*piece) for piece in plan)
-        keys = update.state_keys(hp)
         scratch = torch.zeros(2 + len(keys), largest, dtype=self.dtype, device=self.device)
         product = torch.empty(largest, dtype=self.dtype, device=self.device)
         blocks = torch.empty(len(chunk.PARTIALS), self.layout.size // BLOCK, dtype=self.dtype, device=self.device)
-        weights, trusts = self.weights(), []
+        weights = self.weights()
         for n, (first_i, stop) in enumerate(plan):
             if n:  # another chunk's layout: its padding must be zero in every row
                 scratch.zero_()
@@ -111,15 +126,17 @@ class Bucket:
             torch._foreach_copy_(part.views(rows[0]), list(grads[first_i:stop]))
             torch._foreach_copy_(part.views(rows[1]), weights[first_i:stop])
             for key, row in zip(keys, rows[2:]):
-                torch._foreach_copy_(part.views(row), [_dist.local(s[key]) for s in states[first_i:stop]])
-            spreads, trust = self._spreads(hp, part, states[first_i:stop])
-            trusts += [trust] if trust is not None else []
-            out = blocks[:, start // BLOCK:end // BLOCK]
+                torch._foreach_copy_(part.views(row), [s[key].expand_as(w)
+                                                       for s, w in zip(states[first_i:stop], weights[first_i:stop])])
+            state = {key: _blocked(row) for key, row in zip(keys, rows[2:])}
+            state.update({key: _blocked(flat[start:end]) for key, flat in self._before.items()})
+            spreads = self._spreads(rule, hp, part, states[first_i:stop])
             run = chunk.eager if first[first_i] else compute  # a first step happens once: not worth compiling
             run(hp, _blocked(self.snapshot[start:end]), _blocked(self.memory[start:end]), _blocked(rows[0]),
-                _blocked(rows[1]), {k: _blocked(r) for k, r in zip(keys, rows[2:])}, spreads, first[first_i], skip,
-                out, _blocked(product[:end - start]))
-        return self._rows(plan, blocks, torch.cat(trusts) if trusts else None)
+                _blocked(rows[1]), state, spreads, first[first_i], skip, blocks[:, start // BLOCK:end // BLOCK],
+                _blocked(product[:end - start]))
+        self._before = {}
+        return self._rows(plan, blocks)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _plan(self, present: Sequence[bool], first: Sequence[bool], chunked: bool) -> Plan:
@@ -144,24 +161,19 @@ class Bucket:
         start, end = self.layout.span(first, stop)
         return end - start
 
-    def _spreads(self, hp: update.Hyper, part: Layout, states: Sequence[Mapping[str, Any]],
-                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """The per-tensor values the rule reads, per block; and LARS's trust ratios per tensor."""
-        keys = update.per_tensor_keys(hp)
+    def _spreads(self, rule: Rule, hp: Hyper, part: Layout,
+                 states: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """The rule's per-tensor values, per block, in the rows' dtype (computed in double)."""
+        keys = rule.scalar_keys(hp)
         if not keys:
-            return {}, None
-        blocks = _blocks(part, self.device)
-        if "trust" in keys:
-            trust = torch.stack([_dist.local(s["trust_ratio"]).reshape(()) for s in states]).to(self.dtype)
-            return {"trust": blocks.spread(trust)}, trust
-        step = _on_device(torch.stack([s["step"].detach().reshape(()) for s in states]).double(), self.device)
-        inv_bias1 = (1 - hp.beta1 ** step).reciprocal()
-        bias2 = (1 - hp.beta2 ** step).sqrt()
-        return {"inv_bias1": blocks.spread(inv_bias1).to(self.dtype),
-                "bias2": blocks.spread(bias2).to(self.dtype)}, None
+            return {}
+        stacked = {key: _on_device(torch.stack([torch.as_tensor(s[key]).detach().reshape(()).double()
+                                                for s in states]), self.device) for key in keys}
+        blocks = Blocks(_ints(part.blocks, self.device), sum(part.blocks))
+        return {name: blocks.spread(value).to(self.dtype) for name, value in rule.per_tensor(hp, stacked).items()}
 
-    def _rows(self, plan: Plan, blocks: torch.Tensor, trust: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The present tensors' indices and rows ``[present, the 12 sums, t²|g|²]`` from the block partials."""
+    def _rows(self, plan: Plan, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The present tensors' indices and rows ``[present, the sums of chunk.PARTIALS]`` from block partials."""
         spans = [self.layout.span(*piece) for piece in plan]
         if len(spans) == 1 and spans[0] == (0, self.layout.size):
             used, index = blocks, self.index
@@ -170,9 +182,7 @@ class Bucket:
             index = _ints(tuple(self.indices[i] for first, stop in plan for i in range(first, stop)), self.device)
         counts = _ints(tuple(n for first, stop in plan for n in self.layout.blocks[first:stop]), self.device)
         tensor_sums = torch.segment_reduce(used.double().T, "sum", lengths=counts, axis=0, unsafe=True)
-        gg = tensor_sums[:, chunk.ROW["gg"]:chunk.ROW["gg"] + 1]
-        tgg = gg if trust is None else gg * trust.double().unsqueeze(1) ** 2
-        return index, torch.cat([torch.ones_like(gg), tensor_sums, tgg], dim=1).float()
+        return index, torch.cat([torch.ones_like(tensor_sums[:, :1]), tensor_sums], dim=1).float()
 
 
 def _on_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -188,10 +198,6 @@ def _on_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _ints(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A small int64 tensor on ``device``, made once (making it each step would copy from the host)."""
     return torch.tensor(values, dtype=torch.int64, device=device)
-
-
-def _blocks(part: Layout, device: torch.device) -> Blocks:
-    return Blocks(_ints(part.blocks, device), sum(part.blocks))
 
 
 def _blocked(flat: torch.Tensor) -> torch.Tensor:

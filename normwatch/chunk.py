@@ -15,27 +15,31 @@ from typing import Any
 
 import torch
 
-from normwatch import update
 from normwatch._warn import warn
+from normwatch.rules import RULES, Decoupled, Hyper
 
-NORMS = ("ww", "gg", "vv", "uu", "uwd2", "ug2")  # per block: √ of the sum of squares
+NORMS = ("ww", "gg", "vv", "uu", "uwd2", "ug2", "tgg")  # per block: √ of the sum of squares
 DOTS = ("wg", "gv", "wu", "w_uwd", "u_uwd", "w_ug")
 PARTIALS = NORMS + DOTS
 ROW = {name: i for i, name in enumerate(PARTIALS)}
 SPLIT_ROWS = [ROW[name] for name in ("uwd2", "ug2", "w_uwd", "u_uwd", "w_ug")]
 
-def partials(hp: update.Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
+
+def partials(hp: Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
              state: dict[str, torch.Tensor], spreads: dict[str, torch.Tensor], first: bool,
-             skip: torch.Tensor | None, out: torch.Tensor, product: torch.Tensor | None) -> update.Decoupled | None:
+             skip: torch.Tensor | None, out: torch.Tensor, product: torch.Tensor | None) -> Decoupled | None:
     """Fill ``out`` (len(PARTIALS), blocks) for the update w → w_next, and advance the memory ``v`` in place.
 
-    ``v ← a·v + b·(t·g)`` (:func:`~normwatch.update.memory_coefficients`; ``t`` is ``spreads["trust"]`` where
-    there is one), unless ``skip`` (a fused optimizer's ``found_inf``, on the device) says the optimizer
-    skipped the step. ``g``, ``w_next`` and the ``state`` rows are scratch and are overwritten: ``w_next``
-    becomes u = w_next − w, then u_g = u − u_wd. ``product`` is scratch for the dot products, or None to
-    compute them as ``(x·y).sum()`` (which a compiler fuses). Returns the decay part when it is
-    :class:`~normwatch.update.Decoupled` (its rows are filled by :func:`finish`), else None.
+    ``v ← a·v + b·(s·ĝ)`` (the rule's :meth:`~normwatch.rules.Rule.memory_coefficients` and
+    :meth:`~normwatch.rules.Rule.memory_scale`; ``ĝ = −g`` under ``maximize``), unless ``skip`` (a fused
+    optimizer's ``found_inf``, on the device) says the optimizer skipped the step. ``g``, ``w_next`` and the
+    ``state`` rows are scratch and are overwritten: ``w_next`` becomes u = w_next − w, then u_g = u − u_wd.
+    ``product`` is scratch for the dot products, or None to compute them as ``(x·y).sum()`` (which a compiler
+    fuses). Returns the decay part when it is :class:`~normwatch.rules.Decoupled` (its rows are filled by
+    :func:`finish`), else None.
     """
+    rule = RULES[hp.rule]
+
     def norm(x: torch.Tensor, name: str) -> None:
         torch.linalg.vector_norm(x, dim=1, out=out[ROW[name]])
 
@@ -45,25 +49,29 @@ def partials(hp: update.Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor
         else:
             torch.sum(torch.mul(x, y, out=product), dim=1, out=out[ROW[name]])
 
-    norm(w, "ww"), norm(g, "gg"), norm(v, "vv")
-    dot(g, w, "wg"), dot(g, v, "gv")
-    if "trust" in spreads and update.mirrors_momentum(hp):  # LARS's buffer holds t·g; an average holds g
-        g.mul_(spreads["trust"])
-    step_memory(v, g, *update.memory_coefficients(hp, first), skip)
+    norm(w, "ww"), norm(g, "gg"), norm(v, "vv"), dot(g, w, "wg")
+    if rule.uses_trust(hp):  # lars_ratio's t|g|: the trust ratio (per tensor or per channel) times g
+        norm(g * state["trust_ratio"] if product is None else torch.mul(g, state["trust_ratio"], out=product), "tgg")
+    if hp.maximize:
+        g.neg_()  # the optimizer feeds −g to its state; its memory and autocorrelation follow
+    dot(g, v, "gv")
+    if rule.mirrors(hp) and (scale := rule.memory_scale(hp, state, spreads.__getitem__)) is not None:
+        g.mul_(scale)
+    step_memory(v, g, *rule.memory_coefficients(hp, first), skip)
     u = w_next.sub_(w)
     norm(u, "uu"), dot(w, u, "wu")
-    decay = update.decay_part(hp, w, v, state, spreads.__getitem__)
+    decay = rule.decay(hp, w, v, state, spreads.__getitem__)
     if decay is None:
         out[SPLIT_ROWS] = math.nan
         return None
-    if isinstance(decay, update.Decoupled):
+    if isinstance(decay, Decoupled):
         c = decay.coefficient
         u.addcmul_(w, -c) if isinstance(c, torch.Tensor) else u.add_(w, alpha=-c)  # u_g = u − c·w
     else:
         norm(decay, "uwd2"), dot(w, decay, "w_uwd"), dot(u, decay, "u_uwd")
         u.sub_(decay)
     norm(u, "ug2"), dot(w, u, "w_ug")
-    return decay if isinstance(decay, update.Decoupled) else None
+    return decay if isinstance(decay, Decoupled) else None
 
 
 def step_memory(v: torch.Tensor, g: torch.Tensor, a: float, b: float, skip: torch.Tensor | None) -> None:
@@ -77,8 +85,11 @@ def step_memory(v: torch.Tensor, g: torch.Tensor, a: float, b: float, skip: torc
         v.mul_(a).add_(g, alpha=b)
 
 
-def finish(out: torch.Tensor, decoupled: update.Decoupled | None) -> None:
-    """Square the norms; for a decoupled decay part ``u_wd = c·w``, its sums from w's (exact: c is per block)."""
+def finish(out: torch.Tensor, decoupled: Decoupled | None, trust: bool) -> None:
+    """Square the norms (``tgg`` is gg where no trust ratio scales g); for a decoupled decay part ``u_wd = c·w``,
+    its sums from w's (exact: c is per block)."""
+    if not trust:
+        out[ROW["tgg"]] = out[ROW["gg"]]
     out[:len(NORMS)].square_()
     if decoupled is not None:
         c = decoupled.coefficient
@@ -88,14 +99,14 @@ def finish(out: torch.Tensor, decoupled: update.Decoupled | None) -> None:
         out[ROW["u_uwd"]] = out[ROW["wu"]] * c
 
 
-def eager(hp: update.Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
+def eager(hp: Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
           state: dict[str, torch.Tensor], spreads: dict[str, torch.Tensor], first: bool, skip: torch.Tensor | None,
           out: torch.Tensor, product: torch.Tensor | None) -> None:
     """:func:`partials` then :func:`finish`: ``out`` holds the chunk's finished partial sums."""
-    finish(out, partials(hp, w, v, g, w_next, state, spreads, first, skip, out, product))
+    finish(out, partials(hp, w, v, g, w_next, state, spreads, first, skip, out, product), RULES[hp.rule].uses_trust(hp))
 
 
-def fused(hp: update.Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
+def fused(hp: Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
           state: dict[str, torch.Tensor], spreads: dict[str, torch.Tensor], first: bool, skip: torch.Tensor | None,
           out: torch.Tensor, product: torch.Tensor | None) -> None:
     """:func:`eager` through ``torch.compile`` (products fused, never stored); on a compiler failure, one
@@ -117,7 +128,7 @@ def fused(hp: update.Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w
     eager(hp, w, v, g, w_next, state, spreads, first, skip, out, product)
 
 
-def _pure(hp: update.Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
+def _pure(hp: Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
           state: dict[str, torch.Tensor], spreads: dict[str, torch.Tensor], first: bool,
           skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`eager` without mutating its inputs: (the finished partials, the new memory). The copies are the

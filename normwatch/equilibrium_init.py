@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from normwatch import theory, update
+from normwatch import rules, theory
 from normwatch._warn import warn
 from normwatch.detect import Layer, detect, unwrap
 from normwatch.optim import LARS
@@ -71,7 +71,7 @@ class LayerScale:
 class _Plan:
     layer: Layer
     params: tuple[nn.Parameter, ...]
-    hyper: update.Hyper | None  # None: skipped
+    hyper: rules.Hyper | None  # None: skipped
     skipped: str | None = None
 
 
@@ -136,14 +136,13 @@ def equilibrium_init(
     batches = list(batches)
     if not batches:
         raise ValueError("equilibrium_init needs at least one (inputs, targets) batch; pass a few training batches.")
-    family = update.family_of(optimizer)
-    _check_theory(optimizer, family)
+    _check_theory(optimizer)
     if lr is not None and not (not isinstance(lr, bool) and float(lr) > 0.0):
         raise ValueError(f"Expected lr > 0, got {lr!r}.")
     base = unwrap(model)
     found = list(layers) if layers is not None else detect(base, batches[0][0])
     params = dict(base.named_parameters(remove_duplicate=False))
-    plans = [_plan(layer, params, optimizer, family, lr) for layer in found]
+    plans = [_plan(layer, params, optimizer, lr) for layer in found]
     active = [plan for plan in plans if plan.hyper is not None]
     with _preserved(base) as replay:
         grad_sq = _scale_free_grad_sq(model, base, batches, loss_fn, active, replay)
@@ -156,16 +155,15 @@ def equilibrium_init(
 
 
 # -- which layers, with which hyperparameters ----------------------------------------------------------------
-def _check_theory(optimizer: torch.optim.Optimizer, family: update.Family) -> None:
-    supported = ("sgd", "lars", "adam", "adamw")
+def _check_theory(optimizer: torch.optim.Optimizer) -> None:
     if isinstance(optimizer, LARS):
         _check_lars_options(optimizer)
         return
-    if family not in supported:
-        names = {"sgd": "torch.optim.SGD", "lars": "normwatch.optim.LARS", "adam": "torch.optim.Adam",
-                 "adamw": "torch.optim.AdamW"}
-        raise ValueError(f"equilibrium_init has no equilibrium theory for {type(optimizer).__name__}; it knows "
-                         f"{', '.join(names[f] for f in supported)} (without maximize).")
+    missing = sorted({rule.name for group in optimizer.param_groups
+                      if (rule := rules.rule_for(optimizer, group)).name not in theory.FAMILIES})
+    if missing:
+        raise ValueError(f"equilibrium_init has no equilibrium theory for {type(optimizer).__name__} ({', '.join(missing)}); "
+                         "it knows torch.optim.SGD, Adam, AdamW and normwatch.optim.LARS.")
 
 
 def _check_lars_options(optimizer: LARS) -> None:
@@ -176,13 +174,13 @@ def _check_lars_options(optimizer: LARS) -> None:
 
 
 def _plan(layer: Layer, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
-          family: update.Family, lr: float | None) -> _Plan:
+          lr: float | None) -> _Plan:
     tensors = tuple(params[name] for name in layer.params)
     groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     held = [groups.get(id(p)) for p in tensors]
     if all(group is None for group in held) or not any(p.requires_grad for p in tensors):
         return _Plan(layer, tensors, None, "not trained by the optimizer")
-    hypers = {_hyper(family, group, lr) for group in held if group is not None}
+    hypers = {_hyper(optimizer, group, lr) for group in held if group is not None}
     if len(hypers) > 1 or None in held:
         return _Plan(layer, tensors, None, "parameters in param groups with different hyperparameters")
     hyper = hypers.pop()
@@ -194,12 +192,12 @@ def _plan(layer: Layer, params: dict[str, nn.Parameter], optimizer: torch.optim.
     return _Plan(layer, tensors, hyper)
 
 
-def _hyper(family: update.Family, group: dict[str, Any], lr: float | None) -> update.Hyper:
-    hp = update.hyper(family, group)
+def _hyper(optimizer: torch.optim.Optimizer, group: dict[str, Any], lr: float | None) -> rules.Hyper:
+    hp = rules.hyper(optimizer, group)
     return dataclasses.replace(hp, lr=float(lr) if lr is not None else float(hp.lr))
 
 
-def _equilibrium_norm(hp: update.Hyper, grad_sq: float, numel: int) -> float:
+def _equilibrium_norm(hp: rules.Hyper, grad_sq: float, numel: int) -> float:
     """|w*| from :func:`normwatch.theory.equilibrium_norm`."""
     dampening = hp.dampening if hp.momentum > 0 else 0.0  # torch ignores dampening without momentum
     norm = theory.equilibrium_norm(hp.rule, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,

@@ -6,30 +6,51 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from normwatch import theory
 from normwatch._warn import warn
+from normwatch.rules import Hyper
 from normwatch.tracked import TrackedTensor
-from normwatch.update import Family
 
 
 class Notes:
-    """Says each reason once: an optimizer whose rule normwatch does not know, a param group without weight decay."""
+    """Says each reason once: an optimizer whose rule normwatch does not know, a param group without weight decay,
+    a rule without an equilibrium theory."""
 
     def __init__(self) -> None:
-        self._said_family = False
+        self._said: set[str] = set()
 
-    def say(self, optimizer: torch.optim.Optimizer, family: Family, layers: Mapping[int, str],
+    def say(self, optimizer: torch.optim.Optimizer, hypers: Mapping[int | None, Hyper], layers: Mapping[int, str],
             tensors: Sequence[TrackedTensor]) -> None:
         """Notes for the newly recorded ``layers`` (index → name) and their ``tensors``."""
         name = type(optimizer).__name__
-        if family == "unknown":
-            if not self._said_family:
-                self._said_family = True
-                warn(f"normwatch: {name} is not one of SGD, Adam, AdamW or normwatch.optim.LARS (or uses "
-                     "maximize): every measured metric is recorded, but no shrink/growth split and no "
-                     "theory applies.")
-            return
-        for index, group in enumerate(optimizer.param_groups):
+        for index in range(len(optimizer.param_groups)):
             names = sorted({layers[t.layer] for t in tensors if t.group == index and t.layer in layers})
-            if names and not group.get("weight_decay"):
-                warn(f"normwatch: param group {index} of {name} has weight_decay=0, so |w| has no "
-                     f"equilibrium: no theory tags for {', '.join(names)}.")
+            hp = hypers.get(index)
+            if not names or hp is None:
+                continue
+            why = _why_no_theory(hp)
+            if hp.rule == "unknown":
+                self._once("unknown", f"normwatch does not know {name}'s update rule: every measured metric is "
+                           "recorded, but no shrink/growth split and no theory applies. If its weight decay is "
+                           "decoupled (w ← (1 − ηλ)w − ηU, as Lion's), attach(..., decoupled=True) gives the split.")
+            elif why is not None:
+                self._once(f"{index}:{why}", f"normwatch: param group {index} of {name} {why}: no theory tags for "
+                           f"{', '.join(names)}.")
+
+    def _once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            warn(message if message.startswith("normwatch") else f"normwatch: {message}")
+
+
+def _why_no_theory(hp: Hyper) -> str | None:
+    """Why a known rule gets no theory tags, or None when it does."""
+    if not hp.weight_decay:
+        return "has weight_decay=0, so |w| has no equilibrium"
+    if hp.maximize:
+        return "maximizes, so |w| has no equilibrium to predict"
+    ratio, angle = theory.equilibrium(hp.rule, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,
+                                      dampening=hp.dampening, nesterov=hp.nesterov, beta1=hp.beta1, grad_rms=1.0)
+    if ratio is None and angle is None and hp.rule != "unknown":
+        return f"follows {hp.rule}, for which normwatch has no equilibrium theory (docs/theory.md says why)"
+    return None

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from normwatch.update import DEFAULT_EMA_BETA
+from normwatch.rules import DEFAULT_EMA_BETA
 
 ForwardFilter = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], bool]
 
@@ -34,6 +34,7 @@ class Options:
     start_step: int = 0
     forward_filter: ForwardFilter | None = None
     warn_undetected: bool = True
+    decoupled: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("every", self.every)

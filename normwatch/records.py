@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from normwatch import metrics, sums, theory
-from normwatch.update import Family, Hyper
+from normwatch.rules import Hyper
 
 Point = tuple[int, float, dict[str, float]]
 UNKNOWN_TOLERANCE = 1e-6  # split and autocorr wait while momentum normwatch did not see weighs more than this
@@ -54,14 +54,13 @@ class Batch:
 class Recorder:
     """Turns batches into points on the writer thread; owns what spans batches (|w_0|², skipped steps).
 
-    The Watcher changes it (:meth:`extend`, :meth:`set_family`, |w_0|² on resume) only while the writer
-    thread is idle, after draining it.
+    The Watcher changes it (:meth:`extend`, |w_0|² on resume) only while the writer thread is idle, after
+    draining it.
     """
 
     layer_names: list[str]
     slot_layer: list[int]
     numel: list[int]  # elements per layer (for Adam's per-coordinate gradient RMS)
-    family: Family
     every: int = 1
     filter_every: bool = False  # True when every step was recorded (skips unknown at hook time)
     w0_norm2: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -135,12 +134,12 @@ class Recorder:
                                 f"weight at step {step}; no step with a non-finite value is recorded for it "
                                 "(said once).")
                 continue
-            for metric in self._measured(withheld_layer=i in withheld):
+            own = [hypers[slot] for slot, layer in enumerate(self.slot_layer) if layer == i]
+            hp = own[0]  # the weight's group
+            for metric in self._measured(hp, withheld_layer=i in withheld):
                 value = float(derived[metric][i])
                 if math.isfinite(value):
                     point[metrics.tag(metric, name)] = value
-            own = [hypers[slot] for slot, layer in enumerate(self.slot_layer) if layer == i]
-            hp = own[0]  # the weight's group
             point[metrics.tag("lr", name)] = float(hp.lr)
             point[metrics.tag("weight_decay", name)] = hp.weight_decay
             point[metrics.tag("momentum", name)] = hp.momentum_tag
@@ -148,10 +147,11 @@ class Recorder:
                 point.update(self._theory(name, hp, layer_rows[i, sums.INDEX["gg"]], self.numel[i]))
         return point
 
-    def _measured(self, withheld_layer: bool) -> tuple[str, ...]:
+    @staticmethod
+    def _measured(hp: Hyper, withheld_layer: bool) -> tuple[str, ...]:
         """The metrics derived from the sums for a layer: the split only under a known rule, and neither the
         split nor grad_autocorr while the memory holds momentum normwatch did not see."""
-        names = metrics.names("measured") + (metrics.names("split") if self.family != "unknown" else ())
+        names = metrics.names("measured") + (metrics.names("split") if hp.rule != "unknown" else ())
         if withheld_layer:
             names = tuple(n for n in names if n not in metrics.names("split") and n != "grad_autocorr")
         return names
@@ -159,6 +159,8 @@ class Recorder:
     @staticmethod
     def _theory(name: str, hp: Hyper, grad_sq: float, numel: int) -> dict[str, float]:
         """The theory tags of one layer: each where its formula applies and is finite."""
+        if hp.maximize:
+            return {}  # ascending: no equilibrium to predict
         grad_rms = math.sqrt(grad_sq / numel) if numel else None
         ratio, angle = theory.equilibrium(
             hp.rule, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,

@@ -13,15 +13,16 @@ that decays as μᵏ, so the shrink/growth split and grad_autocorr are withheld 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from normwatch import _dist, update
+from normwatch import _dist
 from normwatch._warn import warn
 from normwatch.records import UNKNOWN_TOLERANCE
+from normwatch.rules import RULES, Hyper
 from normwatch.tracked import TrackedTensor
 
 STATE_VERSION = 1
@@ -73,20 +74,21 @@ class Resume:
             self.loaded = {**self.loaded, "memory": {k: v for k, v in memory.items() if k not in stepping}}
 
     def adopt_optimizer_state(self, tensors: Sequence[TrackedTensor], optimizer: torch.optim.Optimizer,
-                              family: update.Family, use_loaded: bool = True) -> None:
-        """Start each memory from the optimizer's buffer where it has one and no loaded state restores it."""
-        if family == "unknown":
-            return  # no split; the memory is normwatch's own moving average, started afresh
+                              hypers: Mapping[int | None, Hyper], use_loaded: bool = True) -> None:
+        """Start each memory from the optimizer's buffer (its rule's :meth:`~normwatch.rules.Rule.buffer_key`)
+        where it has one and no loaded state restores it; mark it unseen where that buffer hides decay."""
         known = self.loaded["memory"] if self.loaded is not None and use_loaded else {}
         for tracked in tensors:
-            if tracked.name in known:
+            hp = hypers.get(tracked.group)
+            if tracked.name in known or hp is None:
                 continue
-            state = optimizer.state.get(tracked.param, {})
-            buffer = state.get("momentum_buffer") if family in ("sgd", "lars") else state.get("exp_avg")
+            rule = RULES[hp.rule]
+            key = rule.buffer_key(hp)
+            buffer = optimizer.state.get(tracked.param, {}).get(key) if key is not None else None
             if not isinstance(buffer, torch.Tensor):
                 continue
             tracked.memory.copy_(_dist.local(buffer))
-            if family != "adamw" and optimizer.param_groups[tracked.group].get("weight_decay", 0.0):
+            if rule.hides_decay(hp):
                 tracked.unseen = 1.0
 
     def say_withheld(self, optimizer: torch.optim.Optimizer, layer_names: Sequence[str],

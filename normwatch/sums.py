@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SUMS = ("present", "ww", "gg", "vv", "uu", "uwd2", "ug2", "wg", "gv", "wu", "w_uwd", "u_uwd", "w_ug", "tgg")
+SUMS = ("present", "ww", "gg", "vv", "uu", "uwd2", "ug2", "tgg", "wg", "gv", "wu", "w_uwd", "u_uwd", "w_ug")
 INDEX = {name: i for i, name in enumerate(SUMS)}
 
 

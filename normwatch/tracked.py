@@ -1,7 +1,7 @@
 """The instrumented parameter tensors and the work the step hooks do on them, bucket by bucket.
 
 Each tracked tensor has a snapshot (w_t, copied before each recorded step) and a gradient memory v (see
-:mod:`normwatch.update`), views into the flat buffers of its :class:`~normwatch.buckets.Bucket` (one per
+:mod:`normwatch.rules`), views into the flat buffers of its :class:`~normwatch.buckets.Bucket` (one per
 param group, device and dtype), so each step costs a number of kernels per bucket that does not grow with
 the number of tensors. Nothing here syncs with the device.
 """
@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from normwatch import _dist, chunk, sums, update
+from normwatch import _dist, chunk, sums
 from normwatch.buckets import Bucket
 from normwatch.detect import Layer
+from normwatch.rules import RULES, Hyper
 
 
 @dataclass(eq=False)
@@ -42,6 +43,7 @@ class Tracked:
         self.sharded = sharded  # FSDP2: every rank holds a shard; sums are all-reduced
         self._compute = chunk.fused if fused else chunk.eager
         self._first: list[bool] = []  # per tensor: its momentum buffer is made by the step under way
+        self._mirrored: dict[int, bool] = {}  # per bucket: its memory mirrored the optimizer's buffer last step
 
     def add(self, layers: Sequence[Layer], first_layer: int, params: Mapping[str, nn.Parameter],
             group_of: Mapping[int, int]) -> None:
@@ -74,14 +76,24 @@ class Tracked:
         self.tensors, self.buckets = [], []
 
     # -- the step hooks --------------------------------------------------------------------------------------
-    def before_step(self, optimizer: torch.optim.Optimizer, recording: bool) -> None:
-        """Note which momentum buffers this step creates; on recorded steps copy w_t into the snapshots."""
+    def before_step(self, optimizer: torch.optim.Optimizer, hypers: Mapping[int | None, Hyper],
+                    recording: bool) -> list[TrackedTensor]:
+        """Note which momentum buffers this step creates; on recorded steps copy w_t into the snapshots. Returns
+        the tensors whose memory starts mirroring a buffer the optimizer already holds (e.g. momentum set back
+        from 0): their memory must be adopted from it (see :mod:`normwatch.resume`)."""
         self._first = [optimizer.state.get(t.param, {}).get("momentum_buffer") is None for t in self.tensors]
-        if recording:
-            for bucket in self.buckets:
-                bucket.take_snapshot()
+        adopt = []
+        for n, bucket in enumerate(self.buckets):
+            hp = hypers[bucket.group]
+            mirrors = RULES[hp.rule].mirrors(hp)
+            if mirrors and self._mirrored.get(n, True) is False:
+                adopt += [self.tensors[i] for i in bucket.indices if not self._first[i]]
+            self._mirrored[n] = mirrors
+            if recording:
+                bucket.before_recorded_step(hp, [self._state(optimizer, p) for p in bucket.params])
+        return adopt
 
-    def after_step(self, optimizer: torch.optim.Optimizer, hypers: Mapping[int | None, update.Hyper],
+    def after_step(self, optimizer: torch.optim.Optimizer, hypers: Mapping[int | None, Hyper],
                    recording: bool, device: torch.device) -> tuple[torch.Tensor | None, tuple[float, ...]]:
         """Advance every gradient memory; on recorded steps return the rows of :data:`~normwatch.sums.SUMS`
         (one per tensor, on ``device``), and each tensor's decay factor of its memory in this step."""
@@ -92,19 +104,17 @@ class Tracked:
         with torch.no_grad():
             for bucket in self.buckets:
                 hp = hypers[bucket.group]
+                mirrors = RULES[hp.rule].mirrors(hp)  # a first step matters where v mirrors a momentum buffer
                 present = [p.grad is not None for p in bucket.params]
                 grads = [_dist.local(p.grad) if p.grad is not None else None for p in bucket.params]
-                mirrors = update.mirrors_momentum(hp)  # a first step matters where v mirrors a momentum buffer
                 first = [self._first[i] and mirrors for i in bucket.indices]
+                states = [self._state(optimizer, p) for p in bucket.params]
                 if recording:
-                    states = [self._state(optimizer, p) for p in bucket.params]
                     index, bucket_rows = bucket.recorded_rows(hp, grads, states, first, present, skip, self._compute)
                     if bucket_rows is not None:
                         rows.index_copy_(0, index, bucket_rows.to(device))
                 else:
-                    trust = [self._state(optimizer, p).get("trust_ratio") for p in bucket.params] \
-                        if hp.rule == "lars" and update.mirrors_momentum(hp) else None
-                    bucket.advance_memory(hp, grads, first, present, trust, skip)
+                    bucket.advance_memory(hp, grads, states, first, present, skip)
                 for i, here in zip(bucket.indices, present):
                     if here:
                         decays[i] = hp.memory_beta  # v's old part scaled by μ (mirrored momentum) or β
@@ -129,6 +139,7 @@ class Tracked:
                 keys.setdefault((t.group, shard.device, shard.dtype), []).append(i)
         self.buckets = [Bucket(key[0], indices, [self.tensors[i].param for i in indices])
                         for key, indices in keys.items()]
+        self._mirrored = {}
         for bucket in self.buckets:
             for i, snapshot, memory in zip(bucket.indices, bucket.snapshot_views, bucket.memory_views):
                 self.tensors[i].snapshot, self.tensors[i].memory = snapshot, memory

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normwatch import _dist, sums, tensorboard, update
+from normwatch import _dist, rules, sums, tensorboard
 from normwatch._warn import warn
 from normwatch.detect import Layer, unwrap
 from normwatch.discovery import Discovery
@@ -45,10 +45,10 @@ _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Watcher] = weakref.W
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None = None,
            writer: Any = None, every: int = 1, layers: Sequence[str] | None = None, flush_every: int = 64,
-           flush_secs: float = 5.0, ema_beta: float = update.DEFAULT_EMA_BETA, keep_history: bool = False,
+           flush_secs: float = 5.0, ema_beta: float = rules.DEFAULT_EMA_BETA, keep_history: bool = False,
            confirm: bool = True, step_fn: Callable[[], int] | None = None, fused: bool = False,
-           start_step: int = 0, forward_filter: ForwardFilter | None = None,
-           warn_undetected: bool = True) -> Watcher:
+           start_step: int = 0, forward_filter: ForwardFilter | None = None, warn_undetected: bool = True,
+           decoupled: bool = False) -> Watcher:
     """Watch the scale-invariant layers of ``model`` as ``optimizer`` trains them; log to TensorBoard.
 
     Args:
@@ -80,6 +80,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
             ``model`` with a redirected ``forward`` says no to that call.
         warn_undetected: warn when the optimizer steps before detection has run (an integration that says
             it in its own words turns this off).
+        decoupled: ``optimizer`` is one normwatch does not know, and its weight decay is decoupled,
+            ``w ← (1 − ηλ)·w − η·U`` with ``λ = group["weight_decay"]`` (as Lion's is): the shrink/growth split
+            applies. Never assumed.
 
     Returns:
         The :class:`Watcher`; ``close()`` it (or use it as a context manager) to flush and unhook.
@@ -91,7 +94,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
     options = Options(every=every, layers=tuple(layers) if layers is not None else (), flush_every=flush_every,
                       flush_secs=flush_secs, ema_beta=ema_beta, keep_history=keep_history, confirm=confirm,
                       step_fn=step_fn, fused=fused, start_step=start_step, forward_filter=forward_filter,
-                      warn_undetected=warn_undetected)
+                      warn_undetected=warn_undetected, decoupled=decoupled)
     return Watcher(model, optimizer, logdir=logdir, writer=writer, options=options)
 
 
@@ -107,10 +110,14 @@ class Watcher:
         check_destination(logdir, writer)
         if optimizer in _ATTACHED:
             raise RuntimeError("normwatch is already attached to this optimizer; close() that Watcher first.")
+        if options.decoupled and rules.knows(optimizer):
+            raise ValueError(f"normwatch knows {type(optimizer).__name__}'s update rule; `decoupled=True` is for an "
+                             "optimizer it does not know: leave it out.")
         self.options = options
         self.every = options.every
         self._model, self._optimizer = model, optimizer
-        self._family = update.family_of(optimizer)
+        self._family = rules.family_of(optimizer, options.decoupled)
+        self._hypers: dict[int | None, rules.Hyper] = {}  # each group's, read as the step under way starts
         self._layers: list[Layer] = []
         self._groups = ParamGroups(optimizer, model)
         self._tracked = Tracked(options.fused)
@@ -125,7 +132,7 @@ class Watcher:
         self._in_step = False  # between the step pre-hook and post-hook
         self._armed = False  # this step will be processed by the post-hook
         self._writes = _dist.rank() == 0  # under torch.distributed, global rank 0 alone writes
-        self._recorder = Recorder(layer_names=[], slot_layer=[], numel=[], family=self._family, every=options.every)
+        self._recorder = Recorder(layer_names=[], slot_layer=[], numel=[], every=options.every)
         own_writer = writer is None and self._writes
         if own_writer:
             writer = _make_writer(logdir)
@@ -262,8 +269,8 @@ class Watcher:
         self._recorder.extend([layer.name for layer in self._layers], [t.layer for t in tensors],
                               self._tracked.numel_per_layer(len(self._layers)))
         joined = range(first_layer, len(self._layers))
-        self._notes.say(self._optimizer, self._family, {i: self._layers[i].name for i in joined}, new)
-        self._resume.adopt_optimizer_state(new, self._optimizer, self._family)
+        self._notes.say(self._optimizer, self._hypers_now(), {i: self._layers[i].name for i in joined}, new)
+        self._resume.adopt_optimizer_state(new, self._optimizer, self._hypers_now())
         self._resume.restore([(i, self._layers[i].name) for i in joined], new, self._recorder.w0_norm2)
         self._say_withheld()
         self._sink.set_preamble(tensorboard.preamble(self._optimizer, self._family, self.every, self._layers,
@@ -271,20 +278,15 @@ class Watcher:
 
     def _regroup(self) -> None:
         """The param groups changed: each tensor's group index again (None: no longer stepped, so not recorded),
-        the optimizer's family, and the waiting layers a new group completes, recorded from this step on."""
+        and the waiting layers a new group completes, recorded from this step on."""
         self._groups.mark_seen()
         self._tracked.regroup(self._groups.index_of())
-        family = update.family_of(self._optimizer)
+        family = rules.family_of(self._optimizer, self.options.decoupled)
         if family != self._family:
-            self.flush()  # the recorder's family changes with the batches written so far
-            if family == "unknown":
-                warn(f"normwatch: with its new param groups {type(self._optimizer).__name__} follows no rule "
-                     "normwatch knows (maximize?): from this step no shrink/growth split and no theory.",
-                     RuntimeWarning)
-            self._family = self._recorder.family = family
-            if family != "unknown":  # the memory was a moving average meanwhile: start again from the optimizer's
-                self._resume.adopt_optimizer_state(self._tracked.tensors, self._optimizer, family, use_loaded=False)
-                self._say_withheld()
+            self.flush()  # the config written so far names the old one
+            self._family = family
+            self._sink.set_preamble(tensorboard.preamble(self._optimizer, self._family, self.every, self._layers,
+                                                         self._tracked.tensors))
         ready = self._groups.take_ready() if self._groups.waiting else []
         if ready:
             self.flush()  # batches of the old shape are written first (a host sync, once per new param group)
@@ -318,7 +320,11 @@ class Watcher:
         skip_aware = getattr(self._optimizer, "found_inf", None) is not None  # fused optimizer under a GradScaler
         self._recording = skip_aware or self._calls % self.every == 0
         self._recorder.filter_every = self._recorder.filter_every or (skip_aware and self.every > 1)
-        self._tracked.before_step(self._optimizer, self._recording)
+        self._hypers = self._hypers_now()
+        mirroring_anew = self._tracked.before_step(self._optimizer, self._hypers, self._recording)
+        if mirroring_anew:  # a group's memory mirrors a buffer again (momentum back from 0): adopt, and wait
+            self._resume.adopt_optimizer_state(mirroring_anew, self._optimizer, self._hypers, use_loaded=False)
+            self._say_withheld()
 
     def _read_step(self) -> int | None:
         """step_fn's value for the step under way; on a failure or a non-int, one warning and normwatch's count."""
@@ -346,17 +352,22 @@ class Watcher:
 
     def _record(self, call: int) -> None:
         """Advance the gradient memories; on recorded steps put the step's rows and record in the ring."""
-        optimizer, tensors = self._optimizer, self._tracked.tensors
-        hypers: dict[int | None, update.Hyper] = {
-            i: update.hyper(self._family, optimizer.param_groups[i], self.options.ema_beta)
-            for i in {t.group for t in tensors} if i is not None}
-        hypers[None] = update.NOT_STEPPED
+        optimizer, tensors, hypers = self._optimizer, self._tracked.tensors, self._hypers
         rows, decays = self._tracked.after_step(optimizer, hypers, self._recording, self._ring.device)
         if rows is None:
             return
         record = StepRecord(call=call, step=self._step_now, hypers=tuple(hypers[t.group] for t in tensors),
                             walltime=time.time(), unseen=tuple(t.unseen for t in tensors), decays=decays)
         self._ring.append(rows, getattr(optimizer, "found_inf", None), record)
+
+    def _hypers_now(self) -> dict[int | None, rules.Hyper]:
+        """Each stepped param group's hyperparameters as its rule reads them (None: a tensor no group holds)."""
+        groups = self._optimizer.param_groups
+        hypers: dict[int | None, rules.Hyper] = {
+            i: rules.hyper(self._optimizer, groups[i], self.options.ema_beta, self.options.decoupled)
+            for i in {t.group for t in self._tracked.tensors} if i is not None}
+        hypers[None] = rules.NOT_STEPPED
+        return hypers
 
     def _flush(self) -> None:
         batch = self._ring.take()

@@ -1,0 +1,76 @@
+"""Every optimizer rule normwatch knows, and which one a param group follows.
+
+Every optimizer in ``torch.optim`` that decays weights has one, in each variant (foreach, fused, capturable,
+``maximize``, ``nesterov``, ``decoupled_weight_decay``): :mod:`~normwatch.rules.momentum` (SGD, LARS),
+:mod:`~normwatch.rules.adam` (Adam, NAdam, RAdam, Adamax with coupled L2), :mod:`~normwatch.rules.adaptive`
+(RMSprop, Adagrad, Adadelta) and :mod:`~normwatch.rules.decoupled` (AdamW and every decoupled variant,
+Adafactor, Muon, ASGD, and an optimizer the user declares decoupled). An optimizer normwatch does not know
+follows ``"unknown"``: every measured metric, no split, no theory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from normwatch.optim import LARS
+from normwatch.rules.adam import AdamaxRule, AdamRule, NAdamRule, RAdamRule
+from normwatch.rules.adaptive import AdadeltaRule, AdagradRule, RMSpropRule
+from normwatch.rules.base import DEFAULT_EMA_BETA, NOT_STEPPED, Decoupled, DecoupledRule, Hyper, Rule
+from normwatch.rules.decoupled import AdafactorRule, AdamWRule, ASGDRule, MuonRule, NAdamWRule, RAdamWRule
+from normwatch.rules.momentum import LARSRule, SGDRule
+
+__all__ = ["DEFAULT_EMA_BETA", "NOT_STEPPED", "RULES", "Decoupled", "Hyper", "Rule", "family_of", "hyper", "knows",
+           "rule_for"]
+
+RULES: dict[str, Rule] = {rule.name: rule for rule in (
+    Rule(), DecoupledRule(), SGDRule(), LARSRule(), AdamRule(), AdamWRule(), NAdamRule(), NAdamWRule(), RAdamRule(),
+    RAdamWRule(), AdamaxRule(), RMSpropRule(), AdagradRule(), AdadeltaRule(), ASGDRule(), AdafactorRule(),
+    MuonRule())}
+
+_COUPLED_OR_NOT = {  # optimizer class name → (rule with coupled L2, rule with decoupled_weight_decay=True)
+    "Adam": ("adam", "adamw"), "AdamW": ("adam", "adamw"), "NAdam": ("nadam", "nadamw"), "RAdam": ("radam", "radamw")}
+_ONE_RULE = {"SGD": "sgd", "Adamax": "adamax", "RMSprop": "rmsprop", "Adagrad": "adagrad", "Adadelta": "adadelta",
+             "ASGD": "asgd", "Adafactor": "adafactor", "Muon": "muon"}
+
+
+def knows(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether normwatch knows ``optimizer``'s update rule (a torch.optim class itself, or LARS)."""
+    return isinstance(optimizer, LARS) or _torch_name(optimizer) is not None
+
+
+def rule_for(optimizer: torch.optim.Optimizer, group: dict[str, Any], decoupled: bool = False) -> Rule:
+    """The rule ``group`` of ``optimizer`` follows; ``decoupled``: the user declares an optimizer normwatch does
+    not know decoupled (``w ← (1 − ηλ)w − ηU``)."""
+    if isinstance(optimizer, LARS):
+        return RULES["lars" if group.get("lars", True) else "sgd"]
+    name = _torch_name(optimizer)
+    if name in _ONE_RULE:
+        return RULES[_ONE_RULE[name]]
+    if name in _COUPLED_OR_NOT:
+        coupled, uncoupled = _COUPLED_OR_NOT[name]
+        return RULES[uncoupled if group.get("decoupled_weight_decay", name == "AdamW") else coupled]
+    return RULES["decoupled" if decoupled else "unknown"]
+
+
+def hyper(optimizer: torch.optim.Optimizer, group: dict[str, Any], ema_beta: float = DEFAULT_EMA_BETA,
+          decoupled: bool = False) -> Hyper:
+    """A param group's hyperparameters, read by its rule."""
+    return rule_for(optimizer, group, decoupled).read(group, ema_beta)
+
+
+def family_of(optimizer: torch.optim.Optimizer, decoupled: bool = False) -> str:
+    """The rule of the whole optimizer: LARS's own (whatever its plain groups), else its groups' common rule, or
+    ``"mixed"`` when they differ."""
+    if isinstance(optimizer, LARS):
+        return "lars"
+    names = {rule_for(optimizer, group, decoupled).name for group in optimizer.param_groups}
+    return names.pop() if len(names) == 1 else "mixed"
+
+
+def _torch_name(optimizer: torch.optim.Optimizer) -> str | None:
+    """The class name when ``optimizer`` is exactly one of torch.optim's own (a subclass may change the rule)."""
+    name = type(optimizer).__name__
+    known = getattr(torch.optim, name, None)
+    return name if type(optimizer) is known and (name in _ONE_RULE or name in _COUPLED_OR_NOT) else None
