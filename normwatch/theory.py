@@ -1043,8 +1043,8 @@ def muon_angle(lr: float, weight_decay: float, momentum: float = 0.95, nesterov:
     Decoupled decay with an update of fixed Frobenius norm: by docs/theory.md#decoupled-kernel the angle
     depends only on ηλ and on how successive updates correlate, ``1 - cos θ = x(1 - xS)/(1 + 2aS)``.
     Without momentum ``cos θ = 1 - ηλ`` exactly. With momentum this assumes the orthogonalised updates
-    correlate as the momentum matrices fed to Newton-Schulz do (the filter of :func:`nadam_angle`'s form:
-    ``A = 1-μ, B = 0`` heavy ball, ``A = 1-μ², B = μ(1-μ)`` Nesterov, ``r = μ``). Orthogonalisation can
+    correlate as the momentum matrices fed to Newton-Schulz do, a linear filter of the gradients
+    (``A = 1-μ, B = 0`` heavy ball, ``A = 1-μ², B = μ(1-μ)`` Nesterov, memory μ). Orthogonalisation can
     only lower those correlations (for Gaussian inputs it is an odd function, whose correlation
     ``Σ hₙcⁿ`` with ``hₙ >= 0, Σhₙ = 1`` is at most c), so this is a *lower bound* on θ and
     ``muon_angle(lr, weight_decay, 0)`` an upper one. Simulated at μ = 0.9-0.95: +2-3 % above this for
