@@ -9,6 +9,11 @@ BatchNorm, say) does once weight decay and gradient noise have reached equilibri
   ``u = w_{t+1} - w_t``;
 * the *equilibrium norm* ``|w*|`` and the *relaxation time* (in steps) with which ``|w|`` reaches it.
 
+The dispatchers :func:`equilibrium`, :func:`equilibrium_norm`, :func:`relaxation_steps` and
+:func:`equilibrium_grad_ratio` take an optimizer family name (:data:`FAMILIES`, one per torch
+optimizer with weight decay: docs/theory.md#optimizer-families) and return None wherever no formula
+applies.
+
 Notation (docs/theory.md#notation): η = lr, λ = weight_decay, μ = momentum, τ = dampening,
 β₁/β₂ = Adam's betas, C = elements per group, G = |g|·|w| the scale-free gradient norm.
 
@@ -33,27 +38,46 @@ optimizers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 __all__ = [
+    "FAMILIES",
+    "adafactor_angle",
+    "adafactor_equilibrium_norm",
+    "adafactor_norm_factor",
+    "adafactor_relative_step",
     "adam_l2_angle",
     "adam_l2_equilibrium_norm",
+    "adam_l2_relaxation_steps",
     "adamw_angle",
     "adamw_equilibrium_norm",
     "adamw_relaxation_steps",
+    "asgd_lr",
+    "corrected_weight_decay",
+    "ema_timescale_steps",
     "equilibrium",
+    "equilibrium_grad_ratio",
     "equilibrium_norm",
     "lars_angle",
     "lars_equilibrium_norm",
     "lars_ratio",
+    "lars_relaxation_steps",
+    "muon_angle",
+    "muon_equilibrium_norm",
+    "muon_lr_factor",
+    "nadam_angle",
+    "nadam_equilibrium_norm",
+    "nadam_momentum",
+    "radam_rectification",
+    "relaxation_steps",
+    "rmsprop_angle",
+    "rmsprop_equilibrium_norm",
     "seed_lars_ratio",
     "sgd_angle",
     "sgd_equilibrium_norm",
     "sgd_lars_ratio",
     "sgd_relaxation_steps",
 ]
-
-FAMILIES = ("sgd", "adam", "adamw", "lars")
-
 
 # --------------------------------------------------------------------------------------------
 # Validation and the two stationary engines (docs/theory.md#stationary-second-moments)
@@ -260,7 +284,7 @@ def sgd_equilibrium_norm(lr: float, weight_decay: float, scale_free_grad_sq: flo
         nesterov: Nesterov momentum.
 
     Returns:
-        |w*|; ``math.inf`` when ηλ = 0 (the norm grows without bound).
+        |w*|; ``math.inf`` when λ = 0 (the norm grows without bound), 0 when η = 0 (the limit).
 
     Raises:
         ValueError: Out-of-range hyperparameters, a negative ``scale_free_grad_sq``, or ηλ so large that
@@ -272,8 +296,10 @@ def sgd_equilibrium_norm(lr: float, weight_decay: float, scale_free_grad_sq: flo
     """
     grad_sq = _check_nonneg("scale_free_grad_sq", scale_free_grad_sq)
     ratio_sq, _ = _sgd_stationary(lr, weight_decay, momentum, dampening, nesterov)
-    if ratio_sq == 0.0:
+    if float(weight_decay) == 0.0:
         return math.inf
+    if ratio_sq == 0.0:  # lr = 0: the limit of η(1-τ)E[G²]/(2λ(1-μ))
+        return 0.0
     return (float(lr) ** 2 * grad_sq / ratio_sq) ** 0.25
 
 
@@ -540,7 +566,7 @@ def adamw_equilibrium_norm(lr: float, weight_decay: float, beta1: float, numel: 
         numel: Number of elements C in the group.
 
     Returns:
-        |w*|; ``math.inf`` when ηλ = 0.
+        |w*|; ``math.inf`` when λ = 0, 0 when η = 0.
 
     Raises:
         ValueError: Out-of-range hyperparameters (including ``ηλ >= 1``) or ``numel < 1``.
@@ -550,7 +576,7 @@ def adamw_equilibrium_norm(lr: float, weight_decay: float, beta1: float, numel: 
     beta1 = _check_unit("beta1", beta1)
     numel = _check_positive("numel", numel)
     if x == 0.0:
-        return math.inf
+        return math.inf if weight_decay == 0.0 else 0.0
     _, amplification, gamma0 = _decoupled_stationary(x, 1.0 - beta1, 0.0, beta1)
     return lr * math.sqrt(numel * gamma0 * amplification)
 
@@ -633,7 +659,7 @@ def _coupled_adaptive_norm(lr: float, weight_decay: float, kernel: tuple[float, 
     numel = _check_positive("numel", numel)
     a, b, mu = kernel
     if lr * weight_decay == 0.0:
-        return math.inf
+        return math.inf if weight_decay == 0.0 else 0.0
     target = (lr * lr * weight_decay * numel / grad) ** 2
     lo, hi = 0.0, 1.5 * (1.0 + mu) / (a + b)  # x²R(x) rises up to ~3/4 of the stationarity bound
 
@@ -672,7 +698,7 @@ def adam_l2_equilibrium_norm(lr: float, weight_decay: float, beta1: float, scale
         numel: Number of elements C in the group.
 
     Returns:
-        |w*|; ``math.inf`` when ηλ = 0.
+        |w*|; ``math.inf`` when λ = 0, 0 when η = 0.
 
     Raises:
         ValueError: Out-of-range hyperparameters, ``scale_free_grad_sq <= 0`` or ``numel < 1``.
@@ -681,9 +707,824 @@ def adam_l2_equilibrium_norm(lr: float, weight_decay: float, beta1: float, scale
     return _coupled_adaptive_norm(lr, weight_decay, (1.0 - beta1, 0.0, beta1), scale_free_grad_sq, numel)
 
 
+def adam_l2_relaxation_steps(lr: float, weight_decay: float, grad_rms: float) -> float:
+    """Time constant, in steps, of ``|w|²`` approaching equilibrium under Adam with coupled L2: ``σ/(3ηλ)``.
+
+    Adam with ``sqrt(v̂) ≈ σ`` is SGD with lr ``η/σ``: ``d|w|²/dt = -2ηλ|w|²/σ + η²C`` with
+    ``σ = G/(|w|√C)``, i.e. ``dy/dt = -k y^{3/2} + c`` for ``y = |w|²``; linearised at equilibrium it
+    relaxes at ``3ηλ/σ*``. σ* is the equilibrium gradient RMS, so pass the measured one. Far shorter
+    than AdamW's ``1/(2ηλ)``.
+
+    Assumptions: as :func:`adam_l2_angle`; small deviations from equilibrium (from far away the
+    approach is not exponential: the rate grows with |w|).
+
+    Source: derived in docs/theory.md#relaxation-times, checked by simulation in tests/test_theory.py.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Coupled L2 coefficient λ.
+        grad_rms: Per-coordinate RMS σ of the loss gradient near equilibrium, > 0.
+
+    Returns:
+        The time constant in steps; ``math.inf`` when ``ηλ == 0``.
+
+    Raises:
+        ValueError: Negative hyperparameters or ``grad_rms <= 0``.
+    """
+    grad_rms = _check_positive("grad_rms", grad_rms)
+    rate = 3.0 * _check_nonneg("lr", lr) * _check_nonneg("weight_decay", weight_decay)
+    return math.inf if rate == 0.0 else grad_rms / rate
+
+
 # --------------------------------------------------------------------------------------------
-# Dispatchers
+# NAdam, RAdam, RMSprop, ASGD (docs/theory.md#nadam, #radam, #rmsprop, #asgd)
 # --------------------------------------------------------------------------------------------
+
+
+def nadam_momentum(beta1: float, momentum_decay: float = 4e-3, step: float | None = None) -> float:
+    """NAdam's scheduled momentum ``μ_t = β₁(1 - 0.5·0.96^{tψ})`` at step t, ψ = ``momentum_decay``.
+
+    torch.optim.NAdam weights the newest gradient by ``1 - μ_t`` and its first moment by ``μ_{t+1}``.
+    μ_t rises from ``β₁/2`` towards β₁ on a scale of ``1/(ψ·ln(1/0.96)) ≈ 6100`` steps at the default
+    ψ = 0.004: ``μ_t = 0.58β₁`` at step 1000, ``0.9β₁`` only near step 9900. ``step=None`` gives the
+    limit β₁.
+
+    Source: torch.optim.NAdam (``mu = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))``);
+    docs/theory.md#nadam.
+
+    Args:
+        beta1: NAdam's β₁, ``0 <= β₁ < 1``.
+        momentum_decay: ψ, ``>= 0``.
+        step: The optimizer's step count t (1 for its first step), or None for t → ∞.
+
+    Returns:
+        μ_t.
+
+    Raises:
+        ValueError: Out-of-range arguments.
+    """
+    beta1 = _check_unit("beta1", beta1)
+    psi = _check_nonneg("momentum_decay", momentum_decay)
+    if step is None:
+        return beta1
+    return beta1 * (1.0 - 0.5 * 0.96 ** (_check_nonneg("step", step) * psi))
+
+
+def _nadam_kernel(beta1: float, momentum_decay: float, step: float | None) -> tuple[float, float, float]:
+    """(A, B, β₁) of NAdam's update ``c₀g_t + c₁m_t``, ``c₀ = 1 - μ_t``, ``c₁ = μ_{t+1}`` (products of μ → 0)."""
+    mu_t = nadam_momentum(beta1, momentum_decay, step)
+    mu_next = nadam_momentum(beta1, momentum_decay, None if step is None else float(step) + 1.0)
+    c0, c1 = 1.0 - mu_t, mu_next
+    return c0 + c1 * (1.0 - beta1), c0 * beta1, beta1
+
+
+def nadam_angle(lr: float, weight_decay: float, beta1: float, *, grad_rms: float | None = None,
+                decoupled: bool = False, momentum_decay: float = 4e-3, step: float | None = None) -> float:
+    """Equilibrium rotation per step (radians) under torch.optim.NAdam, coupled L2 or decoupled.
+
+    NAdam's step is ``-η(c₀g_t + c₁m_t)/sqrt(v̂)`` with ``c₀ = 1 - μ_t``, ``c₁ = μ_{t+1}``
+    (:func:`nadam_momentum`) and ``m_t = β₁m_{t-1} + (1-β₁)g_t``, so ``U_t - β₁U_{t-1} = A g_t - B g_{t-1}``
+    with ``A = c₀ + c₁(1-β₁)``, ``B = c₀β₁``. Decoupled (NAdamW, ``decoupled_weight_decay=True``): the
+    decoupled kernel with that filter; no gradient scale enters. Coupled (L2): the coupled kernel
+    with lr ``η/grad_rms``. At ``μ_t = β₁`` the filter is ``(1-β₁)g + β₁m``, a Nesterov look-ahead: NAdam
+    rotates faster than Adam/AdamW at the same β₁, and with the default schedule (``μ_t ≈ β₁/2`` for
+    thousands of steps) faster still.
+
+    Assumptions: as :func:`adamw_angle` (decoupled) or :func:`adam_l2_angle` (coupled); μ_t changes
+    slowly compared with the relaxation time (quasi-static); the products of μ in NAdam's bias
+    corrections have vanished (they fall below 1e-6 within ~20 steps).
+
+    Source: torch.optim.NAdam's update rule; derived in docs/theory.md#nadam, checked by simulation
+    in tests/test_theory.py.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Weight decay λ.
+        beta1: β₁, ``0 <= β₁ < 1``.
+        grad_rms: Per-coordinate gradient RMS σ (coupled only), > 0.
+        decoupled: NAdam's ``decoupled_weight_decay``.
+        momentum_decay: ψ.
+        step: The optimizer's step count, or None for the limit ``μ_t = β₁``.
+
+    Returns:
+        The predicted mean rotation angle per step, in radians.
+
+    Raises:
+        ValueError: Out-of-range arguments, a missing ``grad_rms`` for the coupled form, or no
+            stationary state.
+    """
+    lr = _check_nonneg("lr", lr)
+    x = lr * _check_nonneg("weight_decay", weight_decay)
+    a, b, r = _nadam_kernel(beta1, momentum_decay, step)
+    if decoupled:
+        return 0.0 if x == 0.0 else _angle_from_one_minus_cos(_decoupled_stationary(x, a, b, r)[0])
+    if grad_rms is None:
+        raise ValueError("Expected grad_rms for NAdam with coupled weight decay, got None")
+    x /= _check_positive("grad_rms", grad_rms)
+    return _angle_from_one_minus_cos(_coupled_stationary(x, a, b, r)[1])
+
+
+def nadam_equilibrium_norm(lr: float, weight_decay: float, beta1: float, numel: int, *,
+                           scale_free_grad_sq: float | None = None, decoupled: bool = False,
+                           momentum_decay: float = 4e-3, step: float | None = None) -> float:
+    """Equilibrium norm ``|w*|`` under torch.optim.NAdam, coupled L2 or decoupled.
+
+    Decoupled: ``|w*|² = η²Cγ₀(1 + 2aS)/(1 - a²)`` with NAdam's filter (:func:`nadam_angle`; ``γ₀`` the
+    per-element update variance, ``S`` the decayed sum of its correlations); no G needed. Coupled: the
+    root of ``x²R(x) = (η²λC/G)²`` as for Adam with L2, with NAdam's kernel.
+
+    Assumptions and source: as :func:`nadam_angle`; docs/theory.md#nadam.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Weight decay λ.
+        beta1: β₁.
+        numel: Number of elements C.
+        scale_free_grad_sq: E[G²] (coupled only), > 0.
+        decoupled: NAdam's ``decoupled_weight_decay``.
+        momentum_decay: ψ.
+        step: The optimizer's step count, or None for ``μ_t = β₁``.
+
+    Returns:
+        |w*|; ``math.inf`` when λ = 0, 0 when η = 0.
+
+    Raises:
+        ValueError: Out-of-range arguments or a missing ``scale_free_grad_sq`` for the coupled form.
+    """
+    lr = _check_nonneg("lr", lr)
+    x = lr * _check_nonneg("weight_decay", weight_decay)
+    numel = _check_positive("numel", numel)
+    kernel = _nadam_kernel(beta1, momentum_decay, step)
+    if x == 0.0:
+        return math.inf if weight_decay == 0.0 else 0.0
+    if decoupled:
+        _, amplification, gamma0 = _decoupled_stationary(x, *kernel)
+        return lr * math.sqrt(numel * gamma0 * amplification)
+    if scale_free_grad_sq is None:
+        raise ValueError("Expected scale_free_grad_sq for NAdam with coupled weight decay, got None")
+    return _coupled_adaptive_norm(lr, weight_decay, kernel, scale_free_grad_sq, numel)
+
+
+def radam_rectification(beta2: float, step: float | None = None) -> float | None:
+    """RAdam's rectification factor ``r_t`` at step t, or None while torch skips the adaptive step.
+
+    ``ρ_∞ = 2/(1-β₂) - 1``, ``ρ_t = ρ_∞ - 2tβ₂ᵗ/(1-β₂ᵗ)``; for ``ρ_t > 5``
+    ``r_t = sqrt((ρ_t-4)(ρ_t-2)ρ_∞/((ρ_∞-4)(ρ_∞-2)ρ_t))``, else torch steps ``-η m̂`` without ``sqrt(v̂)``
+    (the first 5-6 steps) and this returns None. ``r_t`` rises to 1 over a few ``1/(1-β₂)`` steps
+    (0.65 at t = 1000, β₂ = 0.999): RAdam's built-in warmup. ``step=None`` gives the limit 1.
+
+    Source: torch.optim.RAdam; docs/theory.md#radam.
+
+    Args:
+        beta2: β₂, ``0 <= β₂ < 1``.
+        step: The optimizer's step count t (1 for its first step), or None for t → ∞.
+
+    Returns:
+        r_t, or None in the unrectified steps.
+
+    Raises:
+        ValueError: Out-of-range arguments.
+    """
+    beta2 = _check_unit("beta2", beta2)
+    if step is None:
+        return 1.0
+    step = _check_positive("step", step)
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    decay = beta2**step
+    rho_t = rho_inf - 2.0 * step * decay / (1.0 - decay)
+    if not rho_t > 5.0:
+        return None
+    return math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+
+
+def _rmsprop_scale(alpha: float, centered: bool) -> float:
+    """sqrt(v̂)/σ for white gradients: 1, or ``sqrt(2α/(1+α))`` when centered (v - ḡ², E ḡ² = σ²(1-α)/(1+α))."""
+    alpha = _check_unit("alpha", alpha)
+    return math.sqrt(2.0 * alpha / (1.0 + alpha)) if centered else 1.0
+
+
+def rmsprop_angle(lr: float, weight_decay: float, grad_rms: float, momentum: float = 0.0,
+                  alpha: float = 0.99, centered: bool = False) -> float:
+    """Equilibrium rotation per step (radians) under torch.optim.RMSprop (coupled L2).
+
+    With ``sqrt(v) ≈ cσ`` RMSprop is heavy-ball SGD (no dampening) with lr ``η/(cσ)``, so
+    ``cos θ = 1 - ηλ/((1+μ)cσ)`` exactly in the kernel; ``c = 1``, or ``sqrt(2α/(1+α))`` when
+    ``centered`` (it subtracts the squared gradient average, which for white noise is
+    ``σ²(1-α)/(1+α)``). Unlike Adam it keeps no bias correction, so v settles after ~``1/(1-α)`` steps.
+
+    Assumptions: as :func:`adam_l2_angle`, with ``eps`` negligible.
+
+    Source: torch.optim.RMSprop's update rule; derived in docs/theory.md#rmsprop, checked by
+    simulation in tests/test_theory.py.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Coupled L2 coefficient λ.
+        grad_rms: Per-coordinate gradient RMS σ, > 0.
+        momentum: Momentum μ, ``0 <= μ < 1``.
+        alpha: RMSprop's smoothing constant α.
+        centered: RMSprop's ``centered``.
+
+    Returns:
+        The predicted mean rotation angle per step, in radians.
+
+    Raises:
+        ValueError: Out-of-range arguments or no stationary state.
+    """
+    scale = _check_positive("grad_rms", grad_rms) * _rmsprop_scale(alpha, centered)
+    return sgd_angle(_check_nonneg("lr", lr) / scale, weight_decay, momentum)
+
+
+def rmsprop_equilibrium_norm(lr: float, weight_decay: float, scale_free_grad_sq: float, numel: int,
+                             momentum: float = 0.0, alpha: float = 0.99, centered: bool = False) -> float:
+    """Equilibrium norm ``|w*|`` under torch.optim.RMSprop (coupled L2).
+
+    The Adam-with-L2 root (docs/theory.md#adam-with-l2) with the heavy-ball kernel ``(1, 0, μ)`` and lr
+    ``η/c``; to leading order ``|w*|³ = η√C·G/(2λc(1-μ))``.
+
+    Assumptions and source: as :func:`rmsprop_angle`; docs/theory.md#rmsprop.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Coupled L2 coefficient λ.
+        scale_free_grad_sq: E[G²], > 0.
+        numel: Number of elements C.
+        momentum: Momentum μ.
+        alpha: RMSprop's α.
+        centered: RMSprop's ``centered``.
+
+    Returns:
+        |w*|; ``math.inf`` when ηλ = 0.
+
+    Raises:
+        ValueError: Out-of-range arguments or no stationary state.
+    """
+    momentum = _check_unit("momentum", momentum)
+    lr = _check_nonneg("lr", lr) / _rmsprop_scale(alpha, centered)
+    return _coupled_adaptive_norm(lr, weight_decay, (1.0, 0.0, momentum), scale_free_grad_sq, numel)
+
+
+def asgd_lr(lr: float, lambd: float = 1e-4, alpha: float = 0.75, step: float | None = None) -> float:
+    """The step size η_t torch.optim.ASGD uses in its step t: ``η/(1 + λ_a·η·(t-1))^α``.
+
+    ASGD's step is ``w ← (1 - λ_aη_t)w - η_t(g + λw)``, i.e. plain SGD with lr η_t and coupled decay
+    ``λ + λ_a`` (its ``lambd`` decays the weights even when ``weight_decay`` is 0). ``step=None``
+    returns η (the first step). The averaged iterate ``ax`` does not feed back into w.
+
+    Source: torch.optim.ASGD; docs/theory.md#asgd.
+
+    Args:
+        lr: ASGD's lr η.
+        lambd: ASGD's ``lambd`` λ_a.
+        alpha: ASGD's ``alpha`` (the power).
+        step: The optimizer's step count t (1 for its first step), or None.
+
+    Returns:
+        η_t.
+
+    Raises:
+        ValueError: Negative arguments.
+    """
+    lr = _check_nonneg("lr", lr)
+    lambd = _check_nonneg("lambd", lambd)
+    alpha = _check_nonneg("alpha", alpha)
+    if step is None:
+        return lr
+    return lr / (1.0 + lambd * lr * max(_check_positive("step", step) - 1.0, 0.0)) ** alpha
+
+
+# --------------------------------------------------------------------------------------------
+# Muon and Adafactor: decoupled decay with an update of fixed size (docs/theory.md#muon, #adafactor)
+# --------------------------------------------------------------------------------------------
+
+
+def muon_lr_factor(shape: tuple[int, int], adjust_lr_fn: str | None = None) -> float:
+    """The factor torch.optim.Muon multiplies its lr by for the orthogonalised step of a (rows, cols) matrix.
+
+    ``sqrt(max(1, rows/cols))`` for ``adjust_lr_fn`` None or ``"original"`` (Keller Jordan's), and
+    ``0.2·sqrt(max(rows, cols))`` for ``"match_rms_adamw"`` (Moonshot's). The decay ``1 - ηλ`` uses the
+    unadjusted lr.
+
+    Source: torch.optim._muon._adjust_lr; docs/theory.md#muon.
+
+    Args:
+        shape: The parameter's shape (rows, cols); Muon takes 2-D parameters only.
+        adjust_lr_fn: Muon's ``adjust_lr_fn``.
+
+    Returns:
+        The factor.
+
+    Raises:
+        ValueError: A shape that is not two positive sizes, or an unknown ``adjust_lr_fn``.
+    """
+    if len(shape) != 2 or not all(int(n) >= 1 for n in shape):
+        raise ValueError(f"Expected a 2-D shape (rows, cols), got {tuple(shape)}")
+    rows, cols = (int(n) for n in shape)
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    raise ValueError(f"Expected adjust_lr_fn None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
+
+
+def _muon_kernel(momentum: float, nesterov: bool) -> tuple[float, float, float]:
+    """(A, B, r) of the matrix Muon orthogonalises: ``buf = μbuf + (1-μ)g``; Nesterov ``(1-μ)g + μbuf``."""
+    momentum = _check_unit("momentum", momentum)
+    if momentum == 0.0:
+        return 1.0, 0.0, 0.0
+    if nesterov:
+        return 1.0 - momentum * momentum, momentum * (1.0 - momentum), momentum
+    return 1.0 - momentum, 0.0, momentum
+
+
+def muon_angle(lr: float, weight_decay: float, momentum: float = 0.95, nesterov: bool = True) -> float:
+    """Equilibrium rotation per step (radians) under torch.optim.Muon.
+
+    Decoupled decay with an update of fixed Frobenius norm: by docs/theory.md#decoupled-kernel the angle
+    depends only on ηλ and on how successive updates correlate, ``1 - cos θ = x(1 - xS)/(1 + 2aS)``.
+    Without momentum ``cos θ = 1 - ηλ`` exactly. With momentum this assumes the orthogonalised updates
+    correlate as the momentum matrices fed to Newton-Schulz do, a linear filter of the gradients
+    (``A = 1-μ, B = 0`` heavy ball, ``A = 1-μ², B = μ(1-μ)`` Nesterov, memory μ). Orthogonalisation can
+    only lower those correlations (for Gaussian inputs it is an odd function, whose correlation
+    ``Σ hₙcⁿ`` with ``hₙ >= 0, Σhₙ = 1`` is at most c), so this is a *lower bound* on θ and
+    ``muon_angle(lr, weight_decay, 0)`` an upper one. Simulated at μ = 0.9-0.95: +2-3 % above this for
+    shapes with aspect ratio <= 1/4, +13-19 % for square matrices (16×16, 32×32).
+
+    Assumptions: pure-noise toy with the whole matrix scale-invariant (e.g. a linear layer followed
+    by LayerNorm over its outputs), constant hyperparameters; Adjust-lr and the Newton-Schulz norm do
+    not enter.
+
+    Source: torch.optim.Muon's update rule; Wen et al. 2025 (same correlation structure as AdamW,
+    assumed there); derived in docs/theory.md#muon, checked by simulation in tests/test_theory.py.
+
+    Args:
+        lr: Learning rate η (unadjusted).
+        weight_decay: Decoupled weight decay λ.
+        momentum: Muon's momentum μ, ``0 <= μ < 1``.
+        nesterov: Muon's ``nesterov``.
+
+    Returns:
+        The predicted mean rotation angle per step, in radians.
+
+    Raises:
+        ValueError: Out-of-range arguments or ``ηλ >= 1``.
+    """
+    x = _check_nonneg("lr", lr) * _check_nonneg("weight_decay", weight_decay)
+    kernel = _muon_kernel(momentum, nesterov)
+    return 0.0 if x == 0.0 else _angle_from_one_minus_cos(_decoupled_stationary(x, *kernel)[0])
+
+
+def muon_equilibrium_norm(lr: float, weight_decay: float, shape: tuple[int, int], momentum: float = 0.95,
+                          nesterov: bool = True, adjust_lr_fn: str | None = None, ortho_sq: float = 1.0) -> float:
+    """Equilibrium norm ``|w*|`` under torch.optim.Muon: ``|w*|² = (ηf)²·s²·min(rows, cols)·(1 + 2aS)/(1 - a²)``.
+
+    f = :func:`muon_lr_factor`, ``s² = ortho_sq`` the mean squared singular value of the orthogonalised
+    update (1 for an exact polar factor, so ``|O|² = min(rows, cols)``), S as in :func:`muon_angle`.
+    torch's 5-step quintic Newton-Schulz (in bfloat16) does not converge to 1 for small singular
+    values: on Gaussian (noise-dominated) matrices ``s² ≈ 0.7-0.95`` depending on shape (measured in
+    tests/test_theory.py), so with the default 1 this overestimates |w*| by up to ~20 %; pass the
+    measured ``|u_g|²/((ηf)²·min(rows, cols))`` where available. With momentum this is an upper bound
+    (see :func:`muon_angle`; measured 2-5 % above for aspect ratio <= 1/4, 11-13 % for square
+    matrices at μ = 0.9-0.95).
+
+    Assumptions and source: as :func:`muon_angle`; docs/theory.md#muon (Wen et al. 2025 give the
+    same norm with ``s² = 1``).
+
+    Args:
+        lr: Learning rate η (unadjusted).
+        weight_decay: Decoupled weight decay λ.
+        shape: The parameter's shape (rows, cols).
+        momentum: Muon's momentum μ.
+        nesterov: Muon's ``nesterov``.
+        adjust_lr_fn: Muon's ``adjust_lr_fn``.
+        ortho_sq: Mean squared singular value s² of the orthogonalised update, > 0.
+
+    Returns:
+        |w*|; ``math.inf`` when λ = 0, 0 when η = 0.
+
+    Raises:
+        ValueError: Out-of-range arguments or ``ηλ >= 1``.
+    """
+    lr = _check_nonneg("lr", lr)
+    x = lr * _check_nonneg("weight_decay", weight_decay)
+    step_sq = (lr * muon_lr_factor(shape, adjust_lr_fn)) ** 2 * _check_positive("ortho_sq", ortho_sq)
+    kernel = _muon_kernel(momentum, nesterov)
+    if x == 0.0:
+        return math.inf if weight_decay == 0.0 else 0.0
+    _, amplification, _ = _decoupled_stationary(x, *kernel)
+    return math.sqrt(step_sq * min(int(n) for n in shape) * amplification)
+
+
+def adafactor_relative_step(lr: float, step: float) -> float:
+    """ρ_t = min(η, 1/sqrt(t)), torch.optim.Adafactor's relative step size at step t.
+
+    torch's Adafactor steps ``w ← (1 - ηλ)w - ρ_t·max(ε₂, RMS(w))·Û`` with ``Û`` the update clipped to
+    RMS <= d: the step is *relative* to the weights' RMS, and lr enters twice, as the cap of ρ_t and
+    in the decoupled decay ``1 - ηλ``.
+
+    Source: torch.optim.Adafactor; docs/theory.md#adafactor.
+
+    Args:
+        lr: Adafactor's lr η.
+        step: The optimizer's step count t (1 for its first step).
+
+    Returns:
+        ρ_t.
+
+    Raises:
+        ValueError: ``lr < 0`` or ``step <= 0``.
+    """
+    return min(_check_nonneg("lr", lr), 1.0 / math.sqrt(_check_positive("step", step)))
+
+
+def adafactor_angle(lr: float, weight_decay: float, step: float, weight_rms: float | None = None,
+                    eps2: float = 1e-3, update_rms: float = 1.0) -> float:
+    """Rotation per step (radians) under torch.optim.Adafactor: ``tan θ = ρ_t·r·max(1, ε₂/RMS(w))/(1 - ηλ)``.
+
+    The decay scales w by ``a = 1 - ηλ`` and the update, of length ``ρ_t·max(ε₂, RMS(w))·r·√C``
+    (``r = RMS(Û)``), is orthogonal to w on average, so ``tan θ = ρ_t r/a`` whenever ``RMS(w) >= ε₂``
+    (the usual case): a per-step identity, no equilibrium needed, and weight decay enters only
+    through a. ``r = min(RMS(U), d)``: with √V̂ tracking the gradient ``RMS(U) ≈ 1``, so ``r ≈ 1`` for the
+    default ``d = 1``, lower by O(1/√C) where clipping trims fluctuations. Below ``ε₂`` the step is
+    absolute and ``tan θ = ρ_t r ε₂/(a·RMS(w))``.
+
+    Assumptions: E[w·Û] = 0 (scale invariance, symmetric noise); ``weight_rms=None`` means RMS(w) >= ε₂.
+
+    Source: torch.optim.Adafactor's update rule; derived in docs/theory.md#adafactor, checked by
+    simulation in tests/test_theory.py.
+
+    Args:
+        lr: Adafactor's lr η.
+        weight_decay: Decoupled weight decay λ.
+        step: The optimizer's step count t.
+        weight_rms: RMS(w) = |w|/√C before the step, or None.
+        eps2: Adafactor's ``eps[1]``.
+        update_rms: r = RMS(Û), ``0 < r <= d``.
+
+    Returns:
+        The predicted rotation angle of the step, in radians.
+
+    Raises:
+        ValueError: Out-of-range arguments or ``ηλ >= 1``.
+    """
+    x = _check_nonneg("lr", lr) * _check_nonneg("weight_decay", weight_decay)
+    if x >= 1.0:
+        raise ValueError(f"No stationary state: lr*weight_decay={x} must be < 1")
+    relative = adafactor_relative_step(lr, step) * _check_positive("update_rms", update_rms)
+    if weight_rms is not None:
+        relative *= max(1.0, _check_nonneg("eps2", eps2) / _check_positive("weight_rms", weight_rms))
+    return math.atan2(relative, 1.0 - x)
+
+
+def adafactor_norm_factor(lr: float, weight_decay: float, step: float, update_rms: float = 1.0) -> float:
+    """Per-step factor of ``E|w|²`` under torch.optim.Adafactor (RMS(w) >= ε₂): ``(1 - ηλ)² + ρ_t²r²``.
+
+    The step is relative, so ``|w_{t+1}|² = (a² + ρ_t²r²)|w_t|²`` on average: the norm has no equilibrium,
+    it grows geometrically if ``ρ_t r > sqrt(1 - a²) ≈ sqrt(2ηλ)`` and shrinks otherwise until
+    ``RMS(w)`` reaches ε₂ (:func:`adafactor_equilibrium_norm`). With ρ_t = η (the first ``1/η²`` steps)
+    that is ``η > 2λ``: torch's default lr 0.01 with weight decay 0.01 shrinks |w|² by ≈ 1e-4 per step.
+
+    Assumptions and source: as :func:`adafactor_angle`; docs/theory.md#adafactor.
+
+    Args:
+        lr: Adafactor's lr η.
+        weight_decay: Decoupled weight decay λ.
+        step: The optimizer's step count t.
+        update_rms: r = RMS(Û).
+
+    Returns:
+        The expected ratio ``|w_{t+1}|²/|w_t|²``.
+
+    Raises:
+        ValueError: Out-of-range arguments.
+    """
+    a = 1.0 - _check_nonneg("lr", lr) * _check_nonneg("weight_decay", weight_decay)
+    relative = adafactor_relative_step(lr, step) * _check_positive("update_rms", update_rms)
+    return a * a + relative * relative
+
+
+def adafactor_equilibrium_norm(lr: float, weight_decay: float, step: float, numel: int, eps2: float = 1e-3,
+                               update_rms: float = 1.0) -> float:
+    """Equilibrium norm ``|w*|`` under torch.optim.Adafactor: ``ε₂ρ_t r√C/sqrt(1 - a²)``, or ``inf``.
+
+    Only below ``RMS(w) = ε₂`` is the step absolute (``ε₂ρ_t·Û``), a fixed-size uncorrelated update, whose
+    equilibrium is ``|w*|² = ε₂²ρ_t²r²C/(1 - a²)``; it is consistent (RMS below ε₂) exactly when
+    ``ρ_t r < sqrt(1 - a²)``, the same condition under which the relative regime shrinks
+    (:func:`adafactor_norm_factor`). Otherwise the norm grows without bound and this returns ``inf``.
+    Quasi-static in ρ_t.
+
+    Assumptions and source: as :func:`adafactor_angle`; docs/theory.md#adafactor.
+
+    Args:
+        lr: Adafactor's lr η.
+        weight_decay: Decoupled weight decay λ.
+        step: The optimizer's step count t.
+        numel: Number of elements C.
+        eps2: Adafactor's ``eps[1]``.
+        update_rms: r = RMS(Û).
+
+    Returns:
+        |w*|, or ``math.inf``.
+
+    Raises:
+        ValueError: Out-of-range arguments.
+    """
+    a = 1.0 - _check_nonneg("lr", lr) * _check_nonneg("weight_decay", weight_decay)
+    relative = adafactor_relative_step(lr, step) * _check_positive("update_rms", update_rms)
+    room = 1.0 - a * a
+    if not relative * relative < room:
+        return math.inf
+    return _check_nonneg("eps2", eps2) * relative * math.sqrt(_check_positive("numel", numel) / room)
+
+
+def lars_relaxation_steps(lr: float, momentum: float) -> float:
+    """Time constant, in steps, of ``|w|²`` approaching equilibrium under normwatch.optim.LARS: ``≈ (1-μ)²/η²``.
+
+    Mean field with ``η_e = η/(1-μ)``: ``d ln|w|²/dt = -2η_eℓ + η_e²(1 - ℓ²)`` with ``ℓ = κ/sqrt(1+κ²)``,
+    ``κ = λ|w|²/G``. Linearised at its root (``ℓ ≈ η_e/2``) it relaxes at ``≈ η_e²``. Weight decay
+    does not enter.
+
+    Assumptions: as :func:`lars_angle`; λ > 0; η ≪ 1 - μ.
+
+    Source: derived in docs/theory.md#relaxation-times, checked by simulation in tests/test_theory.py.
+
+    Args:
+        lr: LARS learning rate η.
+        momentum: Momentum μ, ``0 <= μ < 1``.
+
+    Returns:
+        The time constant in steps; ``math.inf`` when η = 0.
+
+    Raises:
+        ValueError: Out-of-range arguments.
+    """
+    lr = _check_nonneg("lr", lr)
+    momentum = _check_unit("momentum", momentum)
+    return math.inf if lr == 0.0 else ((1.0 - momentum) / lr) ** 2
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules (docs/theory.md#schedules)
+# --------------------------------------------------------------------------------------------
+
+
+def ema_timescale_steps(lr: float, weight_decay: float) -> float:
+    """Wang & Aitchison's EMA timescale ``τ_iter = 1/(ηλ)`` of decoupled weight decay, in steps.
+
+    ``w_t = (1 - ηλ)w_{t-1} - ηU_t`` makes w an exponential moving average of ``-U/λ`` over the last
+    ``≈ 1/(ηλ)`` steps (exactly ``-1/ln(1 - ηλ)``); divide by the steps per epoch for ``τ_epoch``, which
+    they find roughly constant at the optimum as model and data size change. Twice AdamW's
+    relaxation time of |w|² (:func:`adamw_relaxation_steps`).
+
+    Source: Wang & Aitchison 2024 (abstract and introduction read); derived in
+    docs/theory.md#schedules.
+
+    Args:
+        lr: Learning rate η.
+        weight_decay: Decoupled weight decay λ.
+
+    Returns:
+        τ_iter in steps; ``math.inf`` when ηλ = 0.
+
+    Raises:
+        ValueError: Negative arguments.
+    """
+    rate = _check_nonneg("lr", lr) * _check_nonneg("weight_decay", weight_decay)
+    return math.inf if rate == 0.0 else 1.0 / rate
+
+
+def corrected_weight_decay(weight_decay: float, lr: float, peak_lr: float) -> float:
+    """Defazio's corrected weight decay for a learning-rate schedule: ``λ_t = λ·η_t/η_max``.
+
+    Equilibrium depends on η and λ through ``ηλ`` (the angle, the relaxation rate) and ``η/λ`` (the
+    norm: ``|w*|² ≈ ηC/(2λ)`` for AdamW, ``|w*|⁴ ≈ ηE[G²]/(2λ(1-μ))`` for SGD). A decaying η_t at fixed
+    λ shrinks |w*| and so raises ``|g|/|w| = G/|w*|²`` (:func:`equilibrium_grad_ratio`): Defazio's
+    late-training gradient-norm rise. Scaling λ with the schedule keeps ``η_t/λ_t = η_max/λ``, hence
+    |w*| and the equilibrium ``|g|/|w|``, constant; the product ``η_tλ_t = λη_t²/η_max`` then falls
+    like η_t², so the angle falls like η_t (not ``sqrt(η_t)``) and the relaxation time grows like
+    ``1/η_t²``. (torch multiplies its ``weight_decay`` by lr, so this is the value to set as
+    ``weight_decay`` at each step.)
+
+    Source: Defazio 2025, arXiv:2506.02285 (AdamC / SGDC; abstract and introduction read, the rule as
+    described in secondary sources); what it keeps constant derived in docs/theory.md#schedules,
+    checked by simulation in tests/test_theory.py.
+
+    Args:
+        weight_decay: The base weight decay λ.
+        lr: The scheduled learning rate η_t.
+        peak_lr: The schedule's maximum η_max, > 0.
+
+    Returns:
+        λ_t.
+
+    Raises:
+        ValueError: Negative arguments or ``peak_lr <= 0``.
+    """
+    return _check_nonneg("weight_decay", weight_decay) * _check_nonneg("lr", lr) / _check_positive(
+        "peak_lr", peak_lr)
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatchers: one param group of a given optimizer family (docs/theory.md#optimizer-families)
+# --------------------------------------------------------------------------------------------
+
+
+def _required(name: str, value: float | None) -> float:
+    """A keyword a family needs: positive, or a ValueError (which the dispatchers turn into None)."""
+    return _check_positive(name, math.nan if value is None else value)
+
+
+@dataclass(frozen=True)
+class _Hyper:
+    """The keyword arguments shared by the dispatchers (documented in :func:`equilibrium`)."""
+
+    lr: float
+    weight_decay: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_rms: float | None = None
+    scale_free_grad_sq: float | None = None
+    numel: int | None = None
+    step: float | None = None
+    amsgrad: bool = False
+    momentum_decay: float = 4e-3
+    alpha: float | None = None
+    centered: bool = False
+    lambd: float = 1e-4
+    shape: tuple[int, int] | None = None
+    adjust_lr_fn: str | None = None
+    ortho_sq: float = 1.0
+    eps2: float = 1e-3
+    update_rms: float = 1.0
+    weight_rms: float | None = None
+
+    def rms(self) -> float:
+        return _required("grad_rms", self.grad_rms)
+
+    def g2(self) -> float:
+        return _required("scale_free_grad_sq", self.scale_free_grad_sq)
+
+    def c(self) -> float:
+        return _required("numel", self.numel)
+
+    def t(self) -> float:
+        return _required("step", self.step)
+
+    def adam(self) -> None:
+        """Adam's formulas assume ``sqrt(v̂) ≈ σ``; with amsgrad the denominator is a running maximum."""
+        if self.amsgrad:
+            raise ValueError("amsgrad's denominator is a running maximum, not the gradient RMS")
+
+    def rect(self) -> float:
+        """RAdam's r_t; a ValueError in its unrectified first steps."""
+        r = radam_rectification(self.beta2, self.step)
+        if r is None:
+            raise ValueError("RAdam's unrectified steps have no equilibrium")
+        return r
+
+    def asgd(self) -> tuple[float, float]:
+        """ASGD as plain SGD: (η_t, λ + λ_a)."""
+        alpha = 0.75 if self.alpha is None else self.alpha
+        return asgd_lr(self.lr, self.lambd, alpha, self.step), self.weight_decay + self.lambd
+
+    def rmsprop(self) -> tuple[float, bool]:
+        return (0.99 if self.alpha is None else self.alpha), self.centered
+
+    def nadam_gain(self) -> float:
+        """NAdam's total weight of one gradient relative to Adam's, ``(A - B)/(1 - β₁) = c₀ + c₁``."""
+        a, b, r = _nadam_kernel(self.beta1, self.momentum_decay, self.step)
+        return (a - b) / (1.0 - r)
+
+
+def _angle_of(family: str, h: _Hyper) -> float | None:
+    """θ for ``family`` (docs/theory.md#optimizer-families); None where none is given."""
+    lr, wd, b1 = h.lr, h.weight_decay, h.beta1
+    if family == "sgd":
+        return sgd_angle(lr, wd, h.momentum, h.dampening, h.nesterov)
+    if family == "lars":
+        return lars_angle(lr, h.momentum)
+    if family in ("adam", "radam"):
+        h.adam()
+        return adam_l2_angle(lr * (h.rect() if family == "radam" else 1.0), wd, b1, h.rms())
+    if family in ("adamw", "radamw"):
+        if family == "radamw":
+            h.rect()  # r_t scales the update only, which the angle does not depend on
+        return adamw_angle(lr, wd, b1)
+    if family in ("nadam", "nadamw"):
+        decoupled = family == "nadamw"
+        return nadam_angle(lr, wd, b1, grad_rms=None if decoupled else h.rms(), decoupled=decoupled,
+                           momentum_decay=h.momentum_decay, step=h.step)
+    if family == "rmsprop":
+        return rmsprop_angle(lr, wd, h.rms(), h.momentum, *h.rmsprop())
+    if family == "asgd":
+        return sgd_angle(*h.asgd())
+    if family == "adafactor":
+        return adafactor_angle(lr, wd, h.t(), h.weight_rms, h.eps2, h.update_rms)
+    if family == "muon":
+        return muon_angle(lr, wd, h.momentum, h.nesterov)
+    return None  # adamax, adagrad, adadelta, decoupled (docs/theory.md#no-formula)
+
+
+def _norm_of(family: str, h: _Hyper) -> float | None:
+    """|w*| for ``family``; None where none is given."""
+    lr, wd, b1 = h.lr, h.weight_decay, h.beta1
+    if family == "sgd":
+        return sgd_equilibrium_norm(lr, wd, h.g2(), h.momentum, h.dampening, h.nesterov)
+    if family == "lars":
+        return lars_equilibrium_norm(lr, wd, h.g2(), h.momentum)
+    if family in ("adam", "radam"):
+        h.adam()
+        return adam_l2_equilibrium_norm(lr * (h.rect() if family == "radam" else 1.0), wd, b1, h.g2(), h.c())
+    if family in ("adamw", "radamw"):
+        h.adam()  # with amsgrad the update is smaller: the formula is only an upper bound
+        return (h.rect() if family == "radamw" else 1.0) * adamw_equilibrium_norm(lr, wd, b1, h.c())
+    if family in ("nadam", "nadamw"):
+        decoupled = family == "nadamw"
+        return nadam_equilibrium_norm(lr, wd, b1, h.c(), scale_free_grad_sq=None if decoupled else h.g2(),
+                                      decoupled=decoupled, momentum_decay=h.momentum_decay, step=h.step)
+    if family == "rmsprop":
+        return rmsprop_equilibrium_norm(lr, wd, h.g2(), h.c(), h.momentum, *h.rmsprop())
+    if family == "asgd":
+        return sgd_equilibrium_norm(*h.asgd(), h.g2())
+    if family == "adafactor":
+        return adafactor_equilibrium_norm(lr, wd, h.t(), h.c(), h.eps2, h.update_rms)
+    if family == "muon":
+        shape = h.shape if h.shape is not None else ()
+        return muon_equilibrium_norm(lr, wd, shape, h.momentum, h.nesterov, h.adjust_lr_fn, h.ortho_sq)
+    return None
+
+
+def _relaxation_of(family: str, h: _Hyper) -> float | None:
+    """Relaxation time in steps for ``family``; None where |w| has no equilibrium to relax to."""
+    lr, wd = h.lr, h.weight_decay
+    if family == "sgd":
+        return sgd_relaxation_steps(lr, wd, h.momentum, h.dampening)
+    if family == "lars":
+        return lars_relaxation_steps(lr, h.momentum)
+    if family in ("adam", "radam", "nadam"):
+        h.adam()
+        gain = h.rect() if family == "radam" else h.nadam_gain() if family == "nadam" else 1.0
+        return adam_l2_relaxation_steps(lr * gain, wd, h.rms())
+    if family in ("adamw", "nadamw", "radamw", "muon", "decoupled"):
+        if family == "radamw":
+            h.rect()
+        return adamw_relaxation_steps(lr, wd)
+    if family == "rmsprop":
+        alpha, centered = h.rmsprop()
+        lr_e = lr / ((1.0 - _check_unit("momentum", h.momentum)) * _rmsprop_scale(alpha, centered))
+        return adam_l2_relaxation_steps(lr_e, wd, h.rms())
+    if family == "asgd":
+        return sgd_relaxation_steps(*h.asgd())
+    if family == "adafactor":  # only the absolute regime below ε₂ has an equilibrium norm
+        floor = h.weight_rms is not None and h.weight_rms < h.eps2
+        if floor and math.isfinite(adafactor_equilibrium_norm(lr, wd, h.t(), 1, h.eps2, h.update_rms)):
+            return adamw_relaxation_steps(lr, wd)
+    return None
+
+
+FAMILIES = ("sgd", "lars", "adam", "adamw", "nadam", "nadamw", "radam", "radamw", "adamax", "rmsprop",
+            "adagrad", "adadelta", "asgd", "adafactor", "muon", "decoupled")
+
+
+def _dispatch(compute, family: str, hyper: dict) -> float | None:
+    """``compute(family, h)`` as a float; None for an unknown family, no decay, or a ValueError."""
+    if family not in FAMILIES:
+        return None
+    try:
+        h = _Hyper(**hyper)
+        decays = h.weight_decay + h.lambd > 0.0 if family == "asgd" else h.weight_decay > 0.0
+        if not (decays or family == "adafactor"):  # Adafactor's angle is a per-step identity
+            return None
+        value = compute(family, h)
+    except (TypeError, ValueError):
+        return None
+    return None if value is None else float(value)
+
+
+def _ratio_of(family: str, h: _Hyper) -> float | None:
+    """lr·|g|/|w| where the optimizer steps along g itself (SGD, LARS, ASGD); None elsewhere."""
+    if family == "sgd":
+        return sgd_lars_ratio(h.lr, h.weight_decay, h.momentum, h.dampening, h.nesterov)
+    if family == "lars":
+        return lars_ratio(h.lr, h.momentum)
+    if family == "asgd":
+        return sgd_lars_ratio(*h.asgd())
+    return None
+
+
+def _grad_ratio_of(family: str, h: _Hyper) -> float | None:
+    """|g|/|w| at equilibrium: ``G/|w*|²``; for SGD, ASGD and LARS without G (docs/theory.md#schedules)."""
+    if family in ("sgd", "asgd"):
+        lr = h.asgd()[0] if family == "asgd" else h.lr
+        return _ratio_of(family, h) / _check_positive("lr", lr)
+    if family == "lars":  # κ = λ|w|/|g| = ℓ/sqrt(1 - ℓ²)
+        ell = _lars_ell(h.lr, h.momentum)
+        return h.weight_decay * math.sqrt((1.0 - ell) * (1.0 + ell)) / _check_positive("lr", ell)
+    norm = _norm_of(family, h)
+    return None if norm is None else math.sqrt(h.g2()) / norm**2
 
 
 def equilibrium(
@@ -696,55 +1537,73 @@ def equilibrium(
     nesterov: bool = False,
     beta1: float = 0.9,
     grad_rms: float | None = None,
+    beta2: float = 0.999,
+    scale_free_grad_sq: float | None = None,
+    numel: int | None = None,
+    step: float | None = None,
+    amsgrad: bool = False,
+    momentum_decay: float = 4e-3,
+    alpha: float | None = None,
+    centered: bool = False,
+    lambd: float = 1e-4,
+    shape: tuple[int, int] | None = None,
+    adjust_lr_fn: str | None = None,
+    ortho_sq: float = 1.0,
+    eps2: float = 1e-3,
+    update_rms: float = 1.0,
+    weight_rms: float | None = None,
 ) -> tuple[float | None, float | None]:
     """Predicted ``(lars_ratio, angle)`` per step for one param group of a given optimizer family.
 
-    * ``"sgd"``: ``(sgd_lars_ratio, sgd_angle)`` with the group's momentum, dampening, nesterov.
-    * ``"adamw"``: ``(None, adamw_angle)``; the ratio is not set by hyperparameters
-      (it is ``ηG/|w|²`` with G the scale-free gradient norm). ``momentum`` is ignored.
-    * ``"adam"`` (coupled L2): ``(None, adam_l2_angle)``; the angle needs ``grad_rms``.
-    * ``"lars"`` (normwatch.optim.LARS, ``lars=True`` groups): ``(lars_ratio(lr, momentum),
-      lars_angle(lr, momentum))``. Plain ``lars=False`` groups are heavy-ball SGD: use ``"sgd"``.
+    ``lars_ratio`` (``lr·|g|/|w|``) exists for ``"sgd"``, ``"lars"`` and ``"asgd"``, the optimizers that
+    step along g itself; ``angle`` for every family of docs/theory.md#optimizer-families except
+    ``"adamax"``, ``"adagrad"``, ``"adadelta"`` and ``"decoupled"`` (docs/theory.md#no-formula). Both are
+    None wherever no formula applies: an unknown family, ``weight_decay == 0`` (no equilibrium; ASGD
+    decays with ``weight_decay + lambd``; Adafactor's angle is a per-step identity and is given
+    anyway), a missing input the family needs, and hyperparameters with no stationary state.
 
-    ``None`` wherever no formula applies: ``weight_decay == 0`` for every family (no
-    equilibrium: SGD norms grow like ``t^{1/4}``, Adam/AdamW norms like ``t^{1/2}``, LARS norms
-    geometrically, and the LARS angle then falls below ``lars_angle``: simulated 11 % low at
-    η = 0.02, μ = 0.9 and 2 % low at η = 0.0063, μ = 0.9),
-    an unknown family, the Adam/AdamW ratio, the Adam angle when ``grad_rms`` is None or 0, and
-    hyperparameters for which no stationary state exists (e.g. ``momentum >= 1``, dampening 1).
-
-    Assumptions and sources: see the individual functions and docs/theory.md#sources.
+    Families and the functions they use: ``"sgd"`` (:func:`sgd_angle`, torch SGD), ``"lars"``
+    (normwatch.optim.LARS, ``lars=True`` groups; ``lars=False`` groups are ``"sgd"``), ``"adam"``
+    (coupled L2, :func:`adam_l2_angle`), ``"adamw"`` (Adam/AdamW with decoupled decay,
+    :func:`adamw_angle`), ``"nadam"``/``"nadamw"`` (:func:`nadam_angle`), ``"radam"``/``"radamw"`` (the
+    Adam forms with lr ``η·r_t``, :func:`radam_rectification`), ``"rmsprop"`` (:func:`rmsprop_angle`),
+    ``"asgd"`` (SGD at ``η_t``, ``λ + lambd``: :func:`asgd_lr`), ``"adafactor"`` (:func:`adafactor_angle`),
+    ``"muon"`` (:func:`muon_angle`), ``"decoupled"`` (a third-party ``w ← (1 - ηλ)w - ηU``: no angle,
+    because it depends on how successive U correlate; :func:`relaxation_steps` applies).
 
     Args:
-        family: One of ``"sgd"``, ``"adam"``, ``"adamw"``, ``"lars"``.
-        lr: The group's learning rate.
-        weight_decay: The group's weight decay.
-        momentum: The group's momentum (SGD, LARS).
-        dampening: The group's dampening (SGD).
-        nesterov: The group's nesterov flag (SGD).
-        beta1: Adam's first beta (Adam, AdamW).
-        grad_rms: Measured per-coordinate gradient RMS ``|g|/sqrt(C)`` of the group (Adam only).
+        family: One of :data:`FAMILIES`.
+        lr: The group's lr η (ASGD: its base lr; Muon: unadjusted).
+        weight_decay: The group's weight decay λ.
+        momentum: Momentum μ (SGD, LARS, RMSprop, Muon).
+        dampening: Dampening τ (SGD).
+        nesterov: Nesterov flag (SGD, Muon).
+        beta1: β₁ (Adam family).
+        grad_rms: Measured per-coordinate gradient RMS ``|g|/sqrt(C)`` (coupled adaptive families:
+            adam, nadam, radam, rmsprop).
+        beta2: β₂ (RAdam's rectification).
+        scale_free_grad_sq: E[G²] = E[(|g|·|w|)²] (norms of SGD, LARS, ASGD and coupled adaptive
+            families).
+        numel: Elements C of the group (norms of Adam-type families and Adafactor).
+        step: The optimizer's step count t (NAdam's μ_t, RAdam's r_t, ASGD's η_t, Adafactor's ρ_t;
+            required for Adafactor; None elsewhere means the t → ∞ limit).
+        amsgrad: Adam/AdamW's amsgrad (coupled forms and the AdamW norm then give None).
+        momentum_decay: NAdam's ψ.
+        alpha: RMSprop's α (default 0.99) or ASGD's power α (default 0.75).
+        centered: RMSprop's ``centered``.
+        lambd: ASGD's ``lambd``.
+        shape: Muon's matrix shape (rows, cols) (its norm).
+        adjust_lr_fn: Muon's ``adjust_lr_fn`` (its norm).
+        ortho_sq: Muon's mean squared singular value of the orthogonalised update (its norm).
+        eps2: Adafactor's ``eps[1]``.
+        update_rms: Adafactor's RMS of the clipped update.
+        weight_rms: Adafactor's RMS(w) before the step (its absolute regime below eps2).
 
     Returns:
         ``(lars_theory, angle_theory)``, each a float or None.
     """
-    if family not in FAMILIES or not weight_decay > 0.0:
-        return None, None
-    try:
-        if family == "sgd":
-            return (
-                sgd_lars_ratio(lr, weight_decay, momentum, dampening, nesterov),
-                sgd_angle(lr, weight_decay, momentum, dampening, nesterov),
-            )
-        if family == "adamw":
-            return None, adamw_angle(lr, weight_decay, beta1)
-        if family == "adam":
-            if grad_rms is None or not grad_rms > 0.0:
-                return None, None
-            return None, adam_l2_angle(lr, weight_decay, beta1, grad_rms)
-        return lars_ratio(lr, momentum), lars_angle(lr, momentum)
-    except ValueError:
-        return None, None
+    hyper = {key: value for key, value in locals().items() if key != "family"}
+    return _dispatch(_ratio_of, family, hyper), _dispatch(_angle_of, family, hyper)
 
 
 def equilibrium_norm(
@@ -758,50 +1617,140 @@ def equilibrium_norm(
     beta1: float = 0.9,
     scale_free_grad_sq: float | None = None,
     numel: int | None = None,
+    grad_rms: float | None = None,
+    beta2: float = 0.999,
+    step: float | None = None,
+    amsgrad: bool = False,
+    momentum_decay: float = 4e-3,
+    alpha: float | None = None,
+    centered: bool = False,
+    lambd: float = 1e-4,
+    shape: tuple[int, int] | None = None,
+    adjust_lr_fn: str | None = None,
+    ortho_sq: float = 1.0,
+    eps2: float = 1e-3,
+    update_rms: float = 1.0,
+    weight_rms: float | None = None,
 ) -> float | None:
     """Predicted equilibrium norm ``|w*|`` of one scale-invariant group of a given optimizer family.
 
-    * ``"sgd"``: :func:`sgd_equilibrium_norm`; needs ``scale_free_grad_sq`` (E[G²], G = |g|·|w|).
-    * ``"lars"``: :func:`lars_equilibrium_norm`; needs ``scale_free_grad_sq``.
-    * ``"adamw"``: :func:`adamw_equilibrium_norm`; needs ``numel`` (not G: AdamW's |w*| does not
-      depend on the gradient scale).
-    * ``"adam"`` (coupled L2): :func:`adam_l2_equilibrium_norm`; needs both.
-
-    ``None`` wherever no formula applies: an unknown family, ``weight_decay == 0`` (no equilibrium;
-    the norm grows without bound), a missing or non-positive input the family needs, and
-    hyperparameters with no stationary state. Used to rescale a layer to |w*| before training
-    and for the |w|/|w*| figure.
-
-    Assumptions and sources: see the individual functions and docs/theory.md#sources.
+    Needs ``scale_free_grad_sq`` (E[G²]) for ``"sgd"``, ``"lars"``, ``"asgd"`` and the coupled adaptive
+    families (``"adam"``, ``"nadam"``, ``"radam"``, ``"rmsprop"``); ``numel`` (C) for every Adam-type
+    family and ``"adafactor"`` (which also needs ``step``); ``shape`` for ``"muon"``. Decoupled
+    Adam-type norms do not depend on the gradient scale. None wherever no formula applies: an unknown
+    family or one without a formula (``"adamax"``, ``"adagrad"``, ``"adadelta"``, ``"decoupled"``), no
+    weight decay, ``lr == 0``, a missing input, no stationary state, and no equilibrium at all
+    (Adafactor above its ε₂ floor when its steps outgrow the decay). Used to rescale a layer to |w*|
+    before training and for the |w|/|w*| figure.
 
     Args:
-        family: One of ``"sgd"``, ``"adam"``, ``"adamw"``, ``"lars"``.
-        lr: The group's learning rate η.
-        weight_decay: The group's weight decay λ.
-        momentum: The group's momentum μ (SGD, LARS).
-        dampening: The group's dampening τ (SGD).
-        nesterov: The group's nesterov flag (SGD).
-        beta1: Adam's first beta β₁ (Adam, AdamW).
-        scale_free_grad_sq: E[G²] of the group, e.g. a moving average of ``(|g|·|w|)²`` (SGD, LARS,
-            Adam).
-        numel: Number of elements C in the group (Adam, AdamW).
+        family: One of :data:`FAMILIES`.
+        lr, weight_decay, momentum, dampening, nesterov, beta1, scale_free_grad_sq, numel, grad_rms,
+        beta2, step, amsgrad, momentum_decay, alpha, centered, lambd, shape, adjust_lr_fn, ortho_sq,
+        eps2, update_rms, weight_rms: As in :func:`equilibrium`.
 
     Returns:
         |w*| as a float, or None.
     """
-    if family not in FAMILIES or not weight_decay > 0.0:
-        return None
-    has_g = scale_free_grad_sq is not None and scale_free_grad_sq > 0.0
-    has_c = numel is not None and numel > 0
-    try:
-        if family == "sgd" and has_g:
-            return sgd_equilibrium_norm(lr, weight_decay, scale_free_grad_sq, momentum, dampening, nesterov)
-        if family == "lars" and has_g:
-            return lars_equilibrium_norm(lr, weight_decay, scale_free_grad_sq, momentum)
-        if family == "adamw" and has_c:
-            return adamw_equilibrium_norm(lr, weight_decay, beta1, numel)
-        if family == "adam" and has_g and has_c:
-            return adam_l2_equilibrium_norm(lr, weight_decay, beta1, scale_free_grad_sq, numel)
-    except ValueError:
-        return None
-    return None
+    hyper = {key: value for key, value in locals().items() if key != "family"}
+    value = _dispatch(_norm_of, family, hyper)
+    return value if value is not None and math.isfinite(value) and lr > 0.0 else None
+
+
+def relaxation_steps(
+    family: str,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    beta1: float = 0.9,
+    grad_rms: float | None = None,
+    beta2: float = 0.999,
+    scale_free_grad_sq: float | None = None,
+    numel: int | None = None,
+    step: float | None = None,
+    amsgrad: bool = False,
+    momentum_decay: float = 4e-3,
+    alpha: float | None = None,
+    centered: bool = False,
+    lambd: float = 1e-4,
+    shape: tuple[int, int] | None = None,
+    adjust_lr_fn: str | None = None,
+    ortho_sq: float = 1.0,
+    eps2: float = 1e-3,
+    update_rms: float = 1.0,
+    weight_rms: float | None = None,
+) -> float | None:
+    """Time constant, in steps, with which |w| approaches its equilibrium, for one param group.
+
+    ``"sgd"``: :func:`sgd_relaxation_steps` (of |w|⁴); ``"lars"``: :func:`lars_relaxation_steps`;
+    decoupled families with an update of fixed size (``"adamw"``, ``"nadamw"``, ``"radamw"``, ``"muon"``,
+    ``"decoupled"``): ``1/(2ηλ)`` (:func:`adamw_relaxation_steps`); coupled adaptive families
+    (``"adam"``, ``"nadam"``, ``"radam"``, ``"rmsprop"``): ``σ/(3η_eλ)`` (:func:`adam_l2_relaxation_steps`;
+    needs ``grad_rms``); ``"asgd"``: SGD's at η_t; ``"adafactor"``: ``1/(2ηλ)`` only in its absolute
+    regime below ε₂ (``weight_rms < eps2``), else None: its relative steps have no equilibrium norm,
+    but its angle holds at every step without any window. ``math.inf`` where nothing relaxes (lr 0),
+    None where no formula applies (as in :func:`equilibrium`). The report uses it to choose the
+    windows over which the equilibrium claims are judged (docs/theory.md#relaxation-times).
+
+    Args:
+        family: One of :data:`FAMILIES`.
+        lr, weight_decay, momentum, dampening, nesterov, beta1, grad_rms, beta2, scale_free_grad_sq,
+        numel, step, amsgrad, momentum_decay, alpha, centered, lambd, shape, adjust_lr_fn, ortho_sq,
+        eps2, update_rms, weight_rms: As in :func:`equilibrium`.
+
+    Returns:
+        The time constant in steps, or None.
+    """
+    hyper = {key: value for key, value in locals().items() if key != "family"}
+    return _dispatch(_relaxation_of, family, hyper)
+
+
+def equilibrium_grad_ratio(
+    family: str,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    beta1: float = 0.9,
+    grad_rms: float | None = None,
+    beta2: float = 0.999,
+    scale_free_grad_sq: float | None = None,
+    numel: int | None = None,
+    step: float | None = None,
+    amsgrad: bool = False,
+    momentum_decay: float = 4e-3,
+    alpha: float | None = None,
+    centered: bool = False,
+    lambd: float = 1e-4,
+    shape: tuple[int, int] | None = None,
+    adjust_lr_fn: str | None = None,
+    ortho_sq: float = 1.0,
+    eps2: float = 1e-3,
+    update_rms: float = 1.0,
+    weight_rms: float | None = None,
+) -> float | None:
+    """Predicted ``|g|/|w|`` at equilibrium, ``G/|w*|²``: what Defazio's gradient-norm rise follows.
+
+    For SGD and ASGD it needs no G: ``|g|/|w| = (lr·|g|/|w|)/η ≈ sqrt(2λ(1-μ)/(η(1-τ)))`` (Defazio's
+    ``sqrt(2λ/η)`` for μ = 0); for LARS ``λ·sqrt(1-ℓ²)/ℓ ≈ 2λ(1-μ)/η``. Elsewhere ``sqrt(E[G²])/|w*|²``
+    with :func:`equilibrium_norm` (AdamW: ``≈ 2λG/(ηC)``). Evaluated at the scheduled (η_t, λ_t) it is
+    the quasi-static prediction under a schedule, valid while the schedule is slow compared with
+    :func:`relaxation_steps` (docs/theory.md#schedules). None where no norm formula applies.
+
+    Args:
+        family: One of :data:`FAMILIES`.
+        lr, weight_decay, momentum, dampening, nesterov, beta1, grad_rms, beta2, scale_free_grad_sq,
+        numel, step, amsgrad, momentum_decay, alpha, centered, lambd, shape, adjust_lr_fn, ortho_sq,
+        eps2, update_rms, weight_rms: As in :func:`equilibrium`.
+
+    Returns:
+        |g|/|w| as a float, or None.
+    """
+    hyper = {key: value for key, value in locals().items() if key != "family"}
+    value = _dispatch(_grad_ratio_of, family, hyper)
+    return value if value is not None and math.isfinite(value) else None
