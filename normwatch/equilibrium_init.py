@@ -159,11 +159,18 @@ def _check_theory(optimizer: torch.optim.Optimizer) -> None:
     if isinstance(optimizer, LARS):
         _check_lars_options(optimizer)
         return
-    missing = sorted({rule.name for group in optimizer.param_groups
-                      if (rule := rules.rule_for(optimizer, group)).name not in theory.FAMILIES})
+    names = {rules.rule_for(optimizer, group).name for group in optimizer.param_groups}
+    missing = sorted(name for name in names if not _has_norm(name))
     if missing:
-        raise ValueError(f"equilibrium_init has no equilibrium theory for {type(optimizer).__name__} ({', '.join(missing)}); "
-                         "it knows torch.optim.SGD, Adam, AdamW and normwatch.optim.LARS.")
+        known = ", ".join(f for f in theory.FAMILIES if _has_norm(f))
+        raise ValueError(f"equilibrium_init has no equilibrium norm for {type(optimizer).__name__} (rule "
+                         f"{', '.join(missing)}); normwatch.theory has one for: {known}.")
+
+
+def _has_norm(family: str) -> bool:
+    """Whether theory gives an equilibrium norm for ``family`` at all (probed with ordinary values)."""
+    return theory.equilibrium_norm(family, lr=1e-3, weight_decay=1e-2, scale_free_grad_sq=1.0, numel=1024,
+                                   grad_rms=1.0, step=1e4, shape=(32, 32), momentum=0.9) is not None
 
 
 def _check_lars_options(optimizer: LARS) -> None:
@@ -197,12 +204,10 @@ def _hyper(optimizer: torch.optim.Optimizer, group: dict[str, Any], lr: float | 
     return dataclasses.replace(hp, lr=float(lr) if lr is not None else float(hp.lr))
 
 
-def _equilibrium_norm(hp: rules.Hyper, grad_sq: float, numel: int) -> float:
+def _equilibrium_norm(hp: rules.Hyper, grad_sq: float, numel: int, shape: tuple[int, ...]) -> float:
     """|w*| from :func:`normwatch.theory.equilibrium_norm`."""
-    dampening = hp.dampening if hp.momentum > 0 else 0.0  # torch ignores dampening without momentum
-    norm = theory.equilibrium_norm(hp.rule, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
-                                   dampening=dampening, nesterov=hp.nesterov, beta1=hp.beta1,
-                                   scale_free_grad_sq=grad_sq, numel=numel)
+    norm = theory.equilibrium_norm(hp.rule, **rules.theory_inputs(hp), scale_free_grad_sq=grad_sq, numel=numel,
+                                   shape=shape if len(shape) == 2 else None)
     return math.nan if norm is None else float(norm)
 
 
@@ -217,7 +222,7 @@ def _results(plans: list[_Plan], active: list[_Plan], grad_sq: list[float]) -> d
             results[name] = LayerScale(name, 1.0, norm, math.nan, math.nan, plan.skipped)
             continue
         g2 = measured[name]
-        target = _equilibrium_norm(plan.hyper, g2, sum(p.numel() for p in plan.params))
+        target = _equilibrium_norm(plan.hyper, g2, sum(p.numel() for p in plan.params), tuple(plan.params[0].shape))
         if not (math.isfinite(target) and target > 0 and norm > 0):
             why = "zero weights" if norm == 0 else "no gradient" if g2 == 0 else "no equilibrium norm"
             results[name] = LayerScale(name, 1.0, norm, target, g2, why)

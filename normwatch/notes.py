@@ -8,7 +8,7 @@ import torch
 
 from normwatch import theory
 from normwatch._warn import warn
-from normwatch.rules import Hyper
+from normwatch.rules import Hyper, theory_inputs
 from normwatch.tracked import TrackedTensor
 
 
@@ -49,8 +49,9 @@ def _why_no_theory(hp: Hyper) -> str | None:
         return "has weight_decay=0, so |w| has no equilibrium"
     if hp.maximize:
         return "maximizes, so |w| has no equilibrium to predict"
-    ratio, angle = theory.equilibrium(hp.rule, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,
-                                      dampening=hp.dampening, nesterov=hp.nesterov, beta1=hp.beta1, grad_rms=1.0)
+    inputs = {**theory_inputs(hp), "step": hp.step or 1.0}
+    ratio, angle = theory.equilibrium(hp.rule, **inputs, grad_rms=1.0, scale_free_grad_sq=1.0, numel=1024,
+                                      weight_rms=1.0)
     if ratio is None and angle is None and hp.rule != "unknown":
         return f"follows {hp.rule}, for which normwatch has no equilibrium theory (docs/theory.md says why)"
     return None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from normwatch import metrics, sums, theory
-from normwatch.rules import Hyper
+from normwatch.rules import Hyper, theory_inputs
 
 Point = tuple[int, float, dict[str, float]]
 UNKNOWN_TOLERANCE = 1e-6  # split and autocorr wait while momentum normwatch did not see weighs more than this
@@ -61,6 +61,7 @@ class Recorder:
     layer_names: list[str]
     slot_layer: list[int]
     numel: list[int]  # elements per layer (for Adam's per-coordinate gradient RMS)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # each layer's weight shape (Muon's theory)
     every: int = 1
     filter_every: bool = False  # True when every step was recorded (skips unknown at hook time)
     w0_norm2: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -73,10 +74,12 @@ class Recorder:
             self.w0_norm2 = np.full(len(self.layer_names), np.nan)
         self.restart_unknown()
 
-    def extend(self, layer_names: Sequence[str], slot_layer: Sequence[int], numel: Sequence[int]) -> None:
+    def extend(self, layer_names: Sequence[str], slot_layer: Sequence[int], numel: Sequence[int],
+               shapes: Sequence[tuple[int, ...]]) -> None:
         """Append layers (and their tensors) after the existing ones, keeping the state of those."""
         old_layers, old_slots = len(self.layer_names), len(self.slot_layer)
         self.layer_names, self.slot_layer, self.numel = list(layer_names), list(slot_layer), list(numel)
+        self.shapes = list(shapes)
         self.w0_norm2 = np.concatenate([self.w0_norm2, np.full(len(layer_names) - old_layers, np.nan)])
         self._unknown_scale = np.concatenate([self._unknown_scale, np.ones(len(slot_layer) - old_slots)])
 
@@ -144,7 +147,8 @@ class Recorder:
             point[metrics.tag("weight_decay", name)] = hp.weight_decay
             point[metrics.tag("momentum", name)] = hp.momentum_tag
             if all(h == hp for h in own):  # no theory across groups: the formulas assume one η, λ and μ
-                point.update(self._theory(name, hp, layer_rows[i, sums.INDEX["gg"]], self.numel[i]))
+                measured = {key: layer_rows[i, sums.INDEX[key]] for key in ("gg", "ww")}
+                point.update(self._theory(name, hp, measured, self.numel[i], self.shapes[i]))
         return point
 
     @staticmethod
@@ -157,14 +161,16 @@ class Recorder:
         return names
 
     @staticmethod
-    def _theory(name: str, hp: Hyper, grad_sq: float, numel: int) -> dict[str, float]:
+    def _theory(name: str, hp: Hyper, measured: dict[str, float], numel: int,
+                shape: tuple[int, ...]) -> dict[str, float]:
         """The theory tags of one layer: each where its formula applies and is finite."""
         if hp.maximize:
             return {}  # ascending: no equilibrium to predict
-        grad_rms = math.sqrt(grad_sq / numel) if numel else None
+        gg, ww = measured["gg"], measured["ww"]
         ratio, angle = theory.equilibrium(
-            hp.rule, lr=float(hp.lr), weight_decay=hp.weight_decay, momentum=hp.momentum,
-            dampening=hp.dampening, nesterov=hp.nesterov, beta1=hp.beta1, grad_rms=grad_rms)
+            hp.rule, **theory_inputs(hp), grad_rms=math.sqrt(gg / numel) if numel else None,
+            scale_free_grad_sq=gg * ww, numel=numel, weight_rms=math.sqrt(ww / numel) if numel else None,
+            shape=shape if len(shape) == 2 else None)
         values = {"lars_theory": ratio, "angle_theory": angle}
         return {metrics.tag(metric, name): value for metric, value in values.items()
                 if value is not None and math.isfinite(value)}

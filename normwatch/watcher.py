@@ -267,7 +267,8 @@ class Watcher:
         tensors, new = self._tracked.tensors, self._tracked.tensors[first_tensor:]
         self._ring.resize(len(tensors), len(sums.SUMS), tensors[0].param.device)
         self._recorder.extend([layer.name for layer in self._layers], [t.layer for t in tensors],
-                              self._tracked.numel_per_layer(len(self._layers)))
+                              self._tracked.numel_per_layer(len(self._layers)),
+                              [tuple(params[layer.params[0]].shape) for layer in self._layers])
         joined = range(first_layer, len(self._layers))
         self._notes.say(self._optimizer, self._hypers_now(), {i: self._layers[i].name for i in joined}, new)
         self._resume.adopt_optimizer_state(new, self._optimizer, self._hypers_now())

@@ -35,3 +35,24 @@ def assert_same_history(got: dict, expected: dict, rel: float, abs: float) -> No
     for tag, points in expected.items():
         assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=rel, abs=abs), tag
+
+
+class Lion(torch.optim.Optimizer):
+    """A third-party optimizer normwatch does not know (Chen et al. 2023, written here from its published rule):
+    ``c = β₁m + (1−β₁)g; w ← (1 − ηλ)w − η·sign(c); m ← β₂m + (1−β₂)g``: decoupled weight decay."""
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                direction = (beta1 * m + (1 - beta1) * p.grad).sign()
+                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(direction, alpha=-group["lr"])
+                m.mul_(beta2).add_(p.grad, alpha=1 - beta2)

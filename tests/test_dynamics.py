@@ -16,6 +16,7 @@ from torch import nn
 import normwatch
 from normwatch import buckets, chunk
 from normwatch.optim import LARS
+from tests.models import Lion
 
 STEPS = 12
 
@@ -292,9 +293,10 @@ def test_no_weight_decay_means_no_theory_tags_and_one_note() -> None:
 
 
 def test_unknown_optimizer_gets_every_measured_metric_and_a_note() -> None:
-    """RMSprop: no split and no theory, but |w|², cos, radial/tangential, angle, lars_ratio, autocorr."""
-    with pytest.warns(UserWarning, match="no theory applies"):
-        watch, captured = _train(lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-3, weight_decay=1e-2))
+    """A third-party optimizer (Lion): no split and no theory, but |w|², cos, radial/tangential, angle, lars_ratio,
+    autocorr; the note says how to declare its decay decoupled."""
+    with pytest.warns(UserWarning, match="no theory applies.*decoupled=True"):
+        watch, captured = _train(lambda m: Lion(m.parameters(), lr=1e-3, weight_decay=1e-2))
     metrics = {tag.split("/")[1] for tag in watch.history}
     assert {"w_norm2", "cos_wg", "radial", "tangential", "angle", "lars_ratio", "grad_autocorr"} <= metrics
     assert not metrics & {"shrink", "growth", "cross", "lars_theory", "angle_theory"}
@@ -334,11 +336,11 @@ def test_lars_plain_groups_get_sgd_theory() -> None:
     )
 
 
-def test_unknown_optimizers_log_their_own_momentum() -> None:
+def test_the_momentum_tag_reads_each_optimizers_own_coefficient() -> None:
     """The `momentum` tag reads the group's value for any optimizer: RMSprop's momentum, NAdam's β₁."""
-    with pytest.warns(UserWarning, match="no theory applies"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         rms, _ = _train(lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-3, momentum=0.7, weight_decay=1e-2))
-    with pytest.warns(UserWarning, match="no theory applies"):
         nadam, _ = _train(lambda m: torch.optim.NAdam(m.parameters(), lr=1e-3, betas=(0.8, 0.99)))
     assert [v for _, v in rms.history["normwatch/momentum/0"]] == pytest.approx([0.7] * STEPS)
     assert [v for _, v in nadam.history["normwatch/momentum/0"]] == pytest.approx([0.8] * STEPS)

@@ -258,8 +258,8 @@ def test_a_stepped_optimizer_gets_a_warning():
 # -- errors ----------------------------------------------------------------------------------------------------
 def test_errors():
     net, batches = _bn_net(), _batches(1)
-    with pytest.raises(ValueError, match=r"no equilibrium theory for RMSprop; it knows torch\.optim\.SGD"):
-        normwatch.equilibrium_init(net, torch.optim.RMSprop(net.parameters(), weight_decay=1e-4), batches)
+    with pytest.raises(ValueError, match=r"no equilibrium norm for Adagrad \(rule adagrad\); normwatch.theory has one"):
+        normwatch.equilibrium_init(net, torch.optim.Adagrad(net.parameters(), weight_decay=1e-4), batches)
     with pytest.raises(ValueError, match="no equilibrium theory for LARS with trust='channel', a guard"):
         normwatch.equilibrium_init(net, LARS(net.parameters(), lr=0.1, weight_decay=1e-3, trust="channel"), batches)
     with pytest.raises(ValueError, match="at least one"):

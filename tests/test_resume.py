@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from normwatch import rules
 from normwatch.resume import Resume
 from normwatch.tracked import TrackedTensor
 
@@ -58,6 +59,5 @@ def test_a_stepped_optimizers_buffer_is_adopted_and_hidden_decay_marked_unseen(m
     p.grad = torch.randn(5)
     opt.step()
     tracked = _tracked(p, "w")
-    family = {"SGD": "sgd", "AdamW": "adamw", "Adam": "adam"}[type(opt).__name__]
-    Resume().adopt_optimizer_state([tracked], opt, family)
+    Resume().adopt_optimizer_state([tracked], opt, {0: rules.hyper(opt, opt.param_groups[0])})
     assert torch.equal(tracked.memory, opt.state[p][buffer]) and tracked.unseen == unseen

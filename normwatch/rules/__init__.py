@@ -10,6 +10,7 @@ follows ``"unknown"``: every measured metric, no split, no theory.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from normwatch.rules.decoupled import AdafactorRule, AdamWRule, ASGDRule, MuonRu
 from normwatch.rules.momentum import LARSRule, SGDRule
 
 __all__ = ["DEFAULT_EMA_BETA", "NOT_STEPPED", "RULES", "Decoupled", "Hyper", "Rule", "family_of", "hyper", "knows",
-           "rule_for"]
+           "rule_for", "theory_inputs"]
 
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(), DecoupledRule(), SGDRule(), LARSRule(), AdamRule(), AdamWRule(), NAdamRule(), NAdamWRule(), RAdamRule(),
@@ -56,8 +57,23 @@ def rule_for(optimizer: torch.optim.Optimizer, group: dict[str, Any], decoupled:
 
 def hyper(optimizer: torch.optim.Optimizer, group: dict[str, Any], ema_beta: float = DEFAULT_EMA_BETA,
           decoupled: bool = False) -> Hyper:
-    """A param group's hyperparameters, read by its rule."""
-    return rule_for(optimizer, group, decoupled).read(group, ema_beta)
+    """A param group's hyperparameters, read by its rule, as a step starts (``step``: the one under way)."""
+    hp = rule_for(optimizer, group, decoupled).read(group, ema_beta)
+    done = optimizer.state.get(group["params"][0], {}).get("step") if group["params"] else None
+    if isinstance(done, torch.Tensor) and done.device.type != "cpu":
+        return hp  # a capturable optimizer's count stays on the device: reading it would sync
+    return dataclasses.replace(hp, step=float(done if done is not None else 0) + 1)
+
+
+def theory_inputs(hp: Hyper) -> dict[str, Any]:
+    """The keyword arguments of :mod:`normwatch.theory`'s dispatchers that a group's hyperparameters give (the
+    measured ones — gradient RMS, E[G²], numel, shape — are the caller's)."""
+    extra = dict(hp.extra)
+    return {"lr": float(hp.lr), "weight_decay": hp.weight_decay, "momentum": hp.momentum,
+            "dampening": hp.dampening if hp.momentum > 0 else 0.0, "nesterov": hp.nesterov, "beta1": hp.beta1,
+            "beta2": hp.beta2 or 0.999, "amsgrad": hp.amsgrad, "step": hp.step,
+            **{key: extra[key] for key in ("momentum_decay", "alpha", "centered", "lambd", "adjust_lr_fn", "eps2")
+               if key in extra}}
 
 
 def family_of(optimizer: torch.optim.Optimizer, decoupled: bool = False) -> str:

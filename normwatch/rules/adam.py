@@ -133,7 +133,9 @@ class AdamaxRule(AdamRule):
 
     def decay(self, hp: Hyper, w: torch.Tensor, v: torch.Tensor, state: Rows,
               spread: Spread) -> torch.Tensor | Decoupled | None:
-        return state["exp_avg"].sub_(v).div_(state["exp_inf"]).mul_(spread("scale"))
+        # u∞ ≥ ε > 0 wherever there is a weight; the rows' padding holds 0 (0/0 would poison the sums)
+        u_inf = state["exp_inf"].clamp_min_(torch.finfo(v.dtype).tiny)
+        return state["exp_avg"].sub_(v).div_(u_inf).mul_(spread("scale"))
 
 
 def _lr(hp: Hyper, like: torch.Tensor) -> torch.Tensor | float:

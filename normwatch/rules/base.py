@@ -60,6 +60,7 @@ class Hyper:
     maximize: bool = False
     extra: tuple[tuple[str, Any], ...] = ()
     memory_beta: float = DEFAULT_EMA_BETA
+    step: float | None = None  # the optimizer's step count t for this step, where its state keeps one on the host
 
     @property
     def momentum_tag(self) -> float:
@@ -154,7 +155,8 @@ class Rule:
     def decay(self, hp: Hyper, w: torch.Tensor, v: torch.Tensor, state: Rows,
               spread: Spread) -> torch.Tensor | Decoupled | None:
         """The weight-decay part u_wd, as a row (one of ``state``'s, overwritten), :class:`Decoupled`, or None
-        when no rule applies. ``v`` is the memory after this step."""
+        when no rule applies. ``v`` is the memory after this step. The rows end in zero padding (to whole blocks),
+        which must stay finite: a denominator there is 0 unless it adds ε or is clamped."""
         return None
 
     def uses_trust(self, hp: Hyper) -> bool:

@@ -73,6 +73,11 @@ class MuonRule(DecoupledRule):
 class AdafactorRule(DecoupledRule):
     name: ClassVar[str] = "adafactor"
 
+    def read(self, group: dict[str, Any], ema_beta: float) -> Hyper:
+        hp = super().read(group, ema_beta)
+        return Hyper(rule=self.name, lr=hp.lr, weight_decay=hp.weight_decay, maximize=hp.maximize,
+                     extra=(("eps2", float(group["eps"][1])),), memory_beta=ema_beta)
+
 
 class ASGDRule(DecoupledRule):
     name: ClassVar[str] = "asgd"
