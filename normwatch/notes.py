@@ -8,6 +8,7 @@ import torch
 
 from normwatch import theory
 from normwatch._warn import warn
+from normwatch.manual import ManualSteps
 from normwatch.rules import Hyper, theory_inputs
 from normwatch.tracked import TrackedTensor
 
@@ -23,6 +24,8 @@ class Notes:
             tensors: Sequence[TrackedTensor]) -> None:
         """Notes for the newly recorded ``layers`` (index → name) and their ``tensors``."""
         name = type(optimizer).__name__
+        if isinstance(optimizer, ManualSteps) and not optimizer.declared:
+            return  # said at the first watch.update(...), with the hyperparameters it declares
         for index in range(len(optimizer.param_groups)):
             names = sorted({layers[t.layer] for t in tensors if t.group == index and t.layer in layers})
             hp = hypers.get(index)

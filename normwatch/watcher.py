@@ -18,11 +18,12 @@ their own.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import operator
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from normwatch import _dist, rules, sums, tensorboard
 from normwatch._warn import warn
 from normwatch.detect import Layer, unwrap
 from normwatch.discovery import Discovery
+from normwatch.manual import ManualSteps
 from normwatch.notes import Notes
 from normwatch.options import ForwardFilter, Options, check_destination
 from normwatch.param_groups import ParamGroups
@@ -43,7 +45,7 @@ from normwatch.tracked import Tracked
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Watcher] = weakref.WeakKeyDictionary()
 
 
-def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | None = None,
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, logdir: str | None = None,
            writer: Any = None, every: int = 1, layers: Sequence[str] | None = None, flush_every: int = 64,
            flush_secs: float = 5.0, ema_beta: float = rules.DEFAULT_EMA_BETA, keep_history: bool = False,
            confirm: bool = True, step_fn: Callable[[], int] | None = None, fused: bool = False,
@@ -53,7 +55,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
 
     Args:
         model: the model whose forward the training loop calls (compiled/DDP wrappers are fine).
-        optimizer: the optimizer that steps its parameters.
+        optimizer: the optimizer that steps its parameters; None for a loop with its own update, which then
+            runs inside ``with watch.update(lr=..., ...):`` (:meth:`Watcher.update`).
         logdir: TensorBoard run directory. With neither ``logdir`` nor ``writer``, ``runs/<date>_<host>``
             like ``SummaryWriter``'s default.
         writer: an existing ``SummaryWriter`` to write into (normwatch flushes it but does not close it).
@@ -95,7 +98,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, logdir: str | 
                       flush_secs=flush_secs, ema_beta=ema_beta, keep_history=keep_history, confirm=confirm,
                       step_fn=step_fn, fused=fused, start_step=start_step, forward_filter=forward_filter,
                       warn_undetected=warn_undetected, decoupled=decoupled)
-    return Watcher(model, optimizer, logdir=logdir, writer=writer, options=options)
+    return Watcher(model, optimizer if optimizer is not None else ManualSteps(model), logdir=logdir, writer=writer,
+                   options=options)
 
 
 class Watcher:
@@ -219,6 +223,36 @@ class Watcher:
                                  self._recorder.w0_norm2)
             self._recorder.restart_unknown()
             self._say_withheld()
+
+    @contextlib.contextmanager
+    def update(self, *, lr: float, weight_decay: float = 0.0, momentum: float = 0.0, dampening: float = 0.0,
+             nesterov: bool = False, decoupled: bool = False) -> Iterator[None]:
+        """One update of a loop with its own (attached without an optimizer): run it inside this block, after
+        ``backward()``. The hyperparameters declare the rule: SGD's (PyTorch convention, the momentum buffer
+        replayed by normwatch) or ``decoupled=True`` (``w ← (1 − ηλ)w − ηU``); see :mod:`normwatch.manual`.
+
+        Raises:
+            RuntimeError: when this Watcher follows an optimizer's own steps.
+            ValueError: on invalid hyperparameters.
+        """
+        opt = self._optimizer
+        if not isinstance(opt, ManualSteps):
+            raise RuntimeError(f"watch.update(...) is for a loop with its own update (normwatch.attach(model) without "
+                               f"an optimizer); this Watcher follows {type(opt).__name__}'s own steps.")
+        if opt.declare(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                       decoupled=decoupled) and self._layers:
+            self._notes.say(opt, self._hypers_now(), dict(enumerate(layer.name for layer in self._layers)),
+                            self._tracked.tensors)
+        self._before_step(opt, (), {})
+        opt.replay()
+        yield
+        if opt.check() is False:  # not the declared rule: from this step on, measured metrics only
+            warn(f"normwatch: the update inside watch.update(...) is not the declared rule (SGD with lr={lr:g}, "
+                 f"weight_decay={weight_decay:g}, momentum={momentum:g}, dampening={dampening:g}, "
+                 f"nesterov={nesterov}, in PyTorch's convention); from this step on normwatch records every "
+                 "measured metric but no shrink/growth split and no theory.", RuntimeWarning)
+            self._hypers = self._hypers_now()
+        self._after_step(opt, (), {})
 
     def __enter__(self) -> Watcher:
         return self

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from normwatch.manual import ManualSteps
 from normwatch.optim import LARS
 from normwatch.rules.adam import AdamaxRule, AdamRule, NAdamRule, RAdamRule
 from normwatch.rules.adaptive import AdadeltaRule, AdagradRule, RMSpropRule
@@ -37,8 +38,9 @@ _ONE_RULE = {"SGD": "sgd", "Adamax": "adamax", "RMSprop": "rmsprop", "Adagrad": 
 
 
 def knows(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether normwatch knows ``optimizer``'s update rule (a torch.optim class itself, or LARS)."""
-    return isinstance(optimizer, LARS) or _torch_name(optimizer) is not None
+    """Whether normwatch knows ``optimizer``'s update rule (a torch.optim class itself, LARS, or the stand-in of a
+    loop with its own update, whose rule is declared)."""
+    return isinstance(optimizer, (LARS, ManualSteps)) or _torch_name(optimizer) is not None
 
 
 def rule_for(optimizer: torch.optim.Optimizer, group: dict[str, Any], decoupled: bool = False) -> Rule:
@@ -46,6 +48,8 @@ def rule_for(optimizer: torch.optim.Optimizer, group: dict[str, Any], decoupled:
     not know decoupled (``w ← (1 − ηλ)w − ηU``)."""
     if isinstance(optimizer, LARS):
         return RULES["lars" if group.get("lars", True) else "sgd"]
+    if isinstance(optimizer, ManualSteps):  # watch.step(...): the declared rule, while the update follows it
+        return RULES["decoupled" if group["decoupled"] else "sgd" if optimizer.matches else "unknown"]
     name = _torch_name(optimizer)
     if name in _ONE_RULE:
         return RULES[_ONE_RULE[name]]
