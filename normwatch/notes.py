@@ -9,7 +9,7 @@ import torch
 from normwatch import theory
 from normwatch._warn import warn
 from normwatch.manual import ManualSteps
-from normwatch.rules import Hyper, theory_inputs
+from normwatch.rules import RULES, Hyper, theory_inputs
 from normwatch.tracked import TrackedTensor
 
 
@@ -52,6 +52,8 @@ def _why_no_theory(hp: Hyper) -> str | None:
         return "has weight_decay=0, so |w| has no equilibrium"
     if hp.maximize:
         return "maximizes, so |w| has no equilibrium to predict"
+    if not RULES[hp.rule].theory_applies(hp):
+        return f"is a {hp.rule} variant (trust, guard, smoothing or Nesterov) whose equilibrium is not derived"
     inputs = {**theory_inputs(hp), "step": hp.step or 1.0}
     ratio, angle = theory.equilibrium(hp.rule, **inputs, grad_rms=1.0, scale_free_grad_sq=1.0, numel=1024,
                                       weight_rms=1.0)

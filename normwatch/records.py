@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from normwatch import metrics, sums, theory
-from normwatch.rules import Hyper, theory_inputs
+from normwatch.rules import RULES, Hyper, theory_inputs
 
 Point = tuple[int, float, dict[str, float]]
 UNKNOWN_TOLERANCE = 1e-6  # split and autocorr wait while momentum normwatch did not see weighs more than this
@@ -164,8 +164,8 @@ class Recorder:
     def _theory(name: str, hp: Hyper, measured: dict[str, float], numel: int,
                 shape: tuple[int, ...]) -> dict[str, float]:
         """The theory tags of one layer: each where its formula applies and is finite."""
-        if hp.maximize:
-            return {}  # ascending: no equilibrium to predict
+        if hp.maximize or not RULES[hp.rule].theory_applies(hp):
+            return {}  # ascending, or a variant the formulas do not describe
         gg, ww = measured["gg"], measured["ww"]
         ratio, angle = theory.equilibrium(
             hp.rule, **theory_inputs(hp), grad_rms=math.sqrt(gg / numel) if numel else None,

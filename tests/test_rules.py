@@ -186,3 +186,22 @@ def test_declaring_a_known_optimizer_decoupled_is_refused(tmp_path) -> None:
     net = conv_net()
     with pytest.raises(ValueError, match="normwatch knows SGD's update rule; `decoupled=True` is for an optimizer"):
         normwatch.attach(net, TO.SGD(net.parameters(), lr=0.1), logdir=str(tmp_path), decoupled=True)
+
+
+NO_FORMULA = {"adamax", "adagrad-lr-decay", "adagrad-fused", "adadelta", "lion-declared-decoupled",
+              "lars-nesterov", "lars-channel-guard", "lars-smoothed-no-momentum"}  # LARS: the seed's form only
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_theory_tags_where_a_formula_applies(name) -> None:
+    """angle_theory for every rule with an equilibrium formula (docs/theory.md#optimizer-families); none where
+    docs/theory.md#no-formula says why there is none, or where the optimizer maximizes; lars_theory where the
+    step follows g itself (SGD, LARS, ASGD)."""
+    watch, *_ = _run(name)
+    metrics = {tag.split("/")[1] for tag in watch.history}
+    maximizes = "maximize" in name
+    assert ("angle_theory" in metrics) == (name not in NO_FORMULA and not maximizes), metrics
+    assert ("lars_theory" in metrics) == (name.startswith(("sgd", "asgd")) and not maximizes), metrics
+    for tag, points in watch.history.items():
+        if "theory" in tag:
+            assert all(0 < v < 1 for _, v in points), (tag, points)

@@ -159,6 +159,10 @@ class Rule:
         which must stay finite: a denominator there is 0 unless it adds ε or is clamped."""
         return None
 
+    def theory_applies(self, hp: Hyper) -> bool:
+        """Whether this variant is the one normwatch.theory's formulas for the rule describe."""
+        return True
+
     def uses_trust(self, hp: Hyper) -> bool:
         """Whether ``lars_ratio`` scales the gradient by a trust ratio (state row ``"trust_ratio"``)."""
         return False

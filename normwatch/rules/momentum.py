@@ -66,8 +66,15 @@ class LARSRule(SGDRule):
 
     def read(self, group: dict[str, Any], ema_beta: float) -> Hyper:
         hp = super().read(group, ema_beta)
+        variant = (("trust", group.get("trust", "tensor")), ("guard", group.get("guard")),
+                   ("grad_norm_beta", group.get("grad_norm_beta", 0.0)))
         return Hyper(rule=self.name, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
-                     nesterov=hp.nesterov, memory_beta=hp.memory_beta)
+                     nesterov=hp.nesterov, extra=variant, memory_beta=hp.memory_beta)
+
+    def theory_applies(self, hp: Hyper) -> bool:
+        """The theory is the seed's LARS (eq. 4): one trust ratio |w|/|g + λw| per tensor, heavy ball."""
+        return (hp.get("trust") == "tensor" and hp.get("guard") is None and not hp.get("grad_norm_beta")
+                and not hp.nesterov)
 
     def state_keys(self, hp: Hyper) -> tuple[str, ...]:
         return ("trust_ratio", *super().state_keys(hp))
