@@ -76,6 +76,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def detect(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> list[Layer]:
     """The scale-invariant layers of ``model``, found from one training-mode forward on the example.
 
+    The model is put in training mode as a training loop does, with ``model.train()`` (so an override that
+    keeps some BatchNorm frozen is respected); a model already training with some modules switched to eval
+    by hand keeps those modes. Every module's mode is put back afterwards.
+
     Args:
         model: any ``nn.Module`` (a compiled or DDP-wrapped one is unwrapped first).
         *example_args: positional inputs of one forward (a real batch: BatchNorm needs more than one sample).
@@ -89,7 +93,8 @@ def detect(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> list[
         >>> [(layer.name, layer.norm, layer.granularity) for layer in detect(net, torch.randn(4, 3, 8, 8))]
         [('0', '1', 'channel')]
     """
-    return scan(model, example_args, example_kwargs, confirm=True)
+    with _training_as_a_user_would(unwrap(model)):
+        return scan(model, example_args, example_kwargs, confirm=True)
 
 
 def scan(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], confirm: bool = True) -> list[Layer]:
@@ -103,6 +108,20 @@ def scan(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], confir
         if confirm and layers and not any(_dist.is_dtensor(p) for p in base.parameters()):
             layers = _confirm(base, args, kwargs, layers, replay, traced)
     return layers
+
+
+@contextlib.contextmanager
+def _training_as_a_user_would(base: nn.Module) -> Iterator[None]:
+    """``base.train()`` unless some modules were switched to eval by hand in a training model; modes put back."""
+    modes = [(m, m.training) for m in base.modules()]
+    frozen_by_hand = base.training and not all(training for _, training in modes)
+    try:
+        if not frozen_by_hand:
+            base.train()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 # -- tracing ---------------------------------------------------------------------------------------------
