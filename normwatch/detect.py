@@ -177,8 +177,9 @@ def _join(module: str, attr: str) -> str:
 def _layers(result: TraceResult) -> list[Layer]:
     layers = []
     for index, src in enumerate(result.sources):
-        variant = next((v for v in ("weight", "joint") if result.invariant((index, v))), None)
-        if variant is None or (variant == "weight" and src.bias_name is None):
+        variants = ("weight", "joint") if src.bias_name is not None else ("joint",)  # the weight alone if it can
+        variant = next((v for v in variants if result.invariant((index, v))), None)
+        if variant is None:
             continue
         params = (src.weight_name,)
         if variant == "joint" and src.bias_name is not None:

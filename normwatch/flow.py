@@ -346,7 +346,7 @@ class ScaleTracer(TorchFunctionMode):
         self._flows: dict[int, tuple[weakref.ref[torch.Tensor], dict[Key, Flow]]] = {}
         self._means: dict[int, tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor], frozenset[int]]] = {}
         self._source_index: dict[str, int] = {}
-        self._misused: set[str] = set()  # parameters used other than as a conv/linear weight or bias
+        self._misused: set[str] = set()  # 1-D parameters read other than as a conv/linear bias
         self.result = TraceResult(sources=[])
 
     # -- what each tensor carries ------------------------------------------------------------------------
@@ -424,10 +424,8 @@ class ScaleTracer(TorchFunctionMode):
         return (owned[0] if owned else self.current_module()) or "<root>"
 
     def finish(self) -> TraceResult:
-        """Close the trace: a source whose parameter was used elsewhere leaks."""
+        """Close the trace: a source whose bias was also used elsewhere cannot be rescaled with it."""
         for i, src in enumerate(self.result.sources):
-            if src.weight_name in self._misused:
-                self.leak([(i, "joint"), (i, "weight")])
             if src.bias_name is not None and src.bias_name in self._misused:
                 self.leak([(i, "joint")])
         return self.result
@@ -452,7 +450,7 @@ class ScaleTracer(TorchFunctionMode):
         if name in _SOURCES and (owned := self._param(_arg(args, kwargs, 1, "weight"))) is not None:
             return self._source(name, owned, args, kwargs, out)
         inputs = _tensors((args, kwargs))
-        self._note_misuse(inputs)
+        self._read_params(inputs)
         call = Call(name, func, args, kwargs, inputs, outputs)
         if name in _NORMS:
             return _native_norm(self, call)
@@ -468,11 +466,20 @@ class ScaleTracer(TorchFunctionMode):
         owned = self._resolve(t) if isinstance(t, torch.Tensor) else None
         return owned if owned is not None and owned.is_param else None
 
-    def _note_misuse(self, inputs: list[torch.Tensor]) -> None:
+    def _read_params(self, inputs: Iterable[Any]) -> None:
+        """Parameters an op reads other than as a conv/linear weight: a weight (2-D or more) starts flows of its own
+        (a cosine layer normalises it: ``F.linear(x, F.normalize(W))``); a 1-D one is noted (a bias used twice)."""
         for t in inputs:
             owned = self._param(t)
-            if owned is not None:
+            if owned is None:
+                continue
+            if t.dim() < 2:
                 self._misused.add(owned.name)
+            elif not self.flows(t):
+                index = self._register(Source(owned.name, None, t.shape, out_axis=0, channelwise=True))
+                src = self.result.sources[index]
+                flow = Flow(src.out_axis if src.channelwise else None, _groups(src))
+                self._set(t, {(index, "joint"): flow, (index, "weight"): flow})
 
     # -- sources -----------------------------------------------------------------------------------------
     def _source(self, name: str, weight_owned: Owned, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -481,19 +488,21 @@ class ScaleTracer(TorchFunctionMode):
         x, weight, bias = (_arg(args, kwargs, i, n) for i, n in enumerate(("input", "weight", "bias")))
         if not isinstance(out, torch.Tensor):
             return
+        self._read_params([x])
         # output channels: the last axis of a linear; axis 1 of a batched conv (0 when unbatched)
         dim = out.dim() - 1 if name == "linear" else (1 if x.dim() == weight.dim() else 0)
-        index = self._register(name, weight_owned, weight, bias, args, kwargs)
-        src = self.result.sources[index]
         bias_owned = self._param(bias)
+        transposed, groups = name in _CONV_T, _arg(args, kwargs, 6, "groups", 1)
+        index = self._register(Source(weight_owned.name, bias_owned.name if bias_owned else None, weight.shape,
+                                      out_axis=1 if transposed else 0, channelwise=not (transposed and groups != 1)))
+        src = self.result.sources[index]
         if bias is not None and (bias_owned is None or bias_owned.name != src.bias_name):
             self.leak([(index, "joint")])  # a bias other than the layer's own cannot be rescaled with it
             if bias_owned is not None:
                 self._misused.add(bias_owned.name)
-        groups = src.weight_shape[src.out_axis] if src.channelwise else 1
-        flows: dict[Key, Flow | None] = {(index, "joint"): Flow(dim, groups)}
+        flows: dict[Key, Flow | None] = {(index, "joint"): Flow(dim, _groups(src))}
         if bias is not None:
-            flows[(index, "weight")] = Flow(dim, groups, shift=True)
+            flows[(index, "weight")] = Flow(dim, _groups(src), shift=True)
         # the input's own flows pass through a linear map (as the whole weight); a bias breaks homogeneity
         for key, flow in self.flows(x).items():
             through = None if bias is not None else uniform(flow)
@@ -502,20 +511,23 @@ class ScaleTracer(TorchFunctionMode):
             flows[key] = through if own is None or through is None else product(own, through)
         self.emit([out], flows)
 
-    def _register(self, name: str, weight_owned: Owned, weight: torch.Tensor, bias: Any, args: tuple[Any, ...],
-                  kwargs: dict[str, Any]) -> int:
-        """The index of the source of ``weight``, registered at its first use."""
-        index = self._source_index.get(weight_owned.name)
+    def _register(self, source: Source) -> int:
+        """The index of the source of ``source.weight_name``, registered at its first use. A weight read first
+        by another op and used later by a conv/linear with other output axes cannot be followed: it leaks."""
+        index = self._source_index.get(source.weight_name)
         if index is None:
-            transposed = name in _CONV_T
-            groups = _arg(args, kwargs, 6, "groups", 1) if transposed else 1
-            bias_owned = self._param(bias)
             index = len(self.result.sources)
-            self._source_index[weight_owned.name] = index
-            self.result.sources.append(Source(weight_owned.name, bias_owned.name if bias_owned else None,
-                                              weight.shape, out_axis=1 if transposed else 0,
-                                              channelwise=not (transposed and groups != 1)))
+            self._source_index[source.weight_name] = index
+            self.result.sources.append(source)
+        known = self.result.sources[index]
+        if (known.out_axis, known.channelwise) != (source.out_axis, source.channelwise):
+            self.leak([(index, "joint"), (index, "weight")])
         return index
+
+
+def _groups(src: Source) -> int:
+    """The groups a source's flows start with: one per output channel when each depends on its own slice."""
+    return src.weight_shape[src.out_axis] if src.channelwise else 1
 
 
 # -- rules: each gives one kind of op's outputs their flows (called only when an input carries one) -----------
