@@ -21,6 +21,8 @@ import normwatch
 
 EPS_ATTRIBUTES = ("eps", "variance_epsilon", "epsilon")  # how norm modules here and in transformers name it
 RTOL = 1e-9  # float64: an invariant weight moves the outputs by rounding only
+# rescaling by powers of two is exact even where a model computes in float32 (transformers' RMSNorm upcasts)
+POWERS_OF_TWO = torch.tensor([0.5, 2.0, 4.0, 0.25], dtype=torch.float64)
 
 
 class Truth:
@@ -41,7 +43,7 @@ class Truth:
                 if tiny_eps and isinstance(getattr(module, name, None), float):
                     setattr(module, name, 1e-30)
         self.args, self.kwargs = _double((args, kwargs))
-        self.params = dict(self.model.named_parameters())
+        self.params = dict(self.model.named_parameters(remove_duplicate=False))
         with torch.no_grad():
             self.reference = self.outputs()
 
@@ -74,16 +76,23 @@ class Truth:
     def gradient_is_orthogonal(self, names: Iterable[str]) -> bool:
         """Whether w·∇L = 0 for the parameters ``names`` jointly, L a fixed random projection of the outputs."""
         names = list(names)
-        self.model.zero_grad(set_to_none=True)
-        outputs = self.outputs()
-        generator = torch.Generator().manual_seed(7)
-        loss = sum((o * torch.randn(o.shape, generator=generator, dtype=o.dtype)).sum() for o in outputs)
-        loss.backward()
-        grads = [self.params[n].grad if self.params[n].grad is not None else torch.zeros_like(self.params[n])
-                 for n in names]
-        dot = sum(float((self.params[n].detach() * g).sum()) for n, g in zip(names, grads))
-        size = math.sqrt(sum(float(self.params[n].detach().pow(2).sum()) for n in names))
-        return abs(dot) <= 1e-8 * size * math.sqrt(sum(float(g.pow(2).sum()) for g in grads)) + 1e-300
+        grads = self._gradients()
+        dot = sum(float((self.params[n].detach() * grads[n]).sum()) for n in names)
+        w_size = math.sqrt(sum(float(self.params[n].detach().pow(2).sum()) for n in names))
+        g_size = math.sqrt(sum(float(grads[n].pow(2).sum()) for n in names))
+        return abs(dot) <= 1e-6 * w_size * g_size + 1e-300
+
+    def _gradients(self) -> dict[str, torch.Tensor]:
+        """∇L for every parameter, L = Σ outputs · (a fixed random projection); computed once."""
+        if not hasattr(self, "_grads"):
+            self.model.zero_grad(set_to_none=True)
+            outputs = self.outputs()
+            generator = torch.Generator().manual_seed(7)
+            sum((o * torch.randn(o.shape, generator=generator, dtype=o.dtype)).sum() for o in outputs).backward()
+            self._grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                           for n, p in self.params.items()}
+            self.model.zero_grad(set_to_none=True)
+        return self._grads
 
     def invariant(self, names: Iterable[str]) -> bool:
         """Whether the parameters ``names``, rescaled together, are scale-invariant (both criteria)."""
@@ -102,10 +111,10 @@ class Truth:
         return found
 
     def groups_invariant(self, layer: normwatch.Layer, groups: int) -> bool:
-        """Whether rescaling ``groups`` contiguous groups of the layer's output channels, each by its own factor
-        in [0.5, 2], leaves the outputs unchanged."""
+        """Whether rescaling ``groups`` contiguous groups of the layer's output channels, neighbours by different
+        factors (0.5, 2, 4, 0.25, 0.5, ...), leaves the outputs unchanged."""
         channels = self.params[layer.params[0]].shape[layer.out_axis]
-        per_group = torch.linspace(0.5, 2.0, groups, dtype=torch.float64)[torch.randperm(groups)]
+        per_group = POWERS_OF_TWO[torch.arange(groups) % len(POWERS_OF_TWO)]
         factors = per_group.repeat_interleave(channels // groups)
         return not self.moves(dict.fromkeys(layer.params, factors), {layer.params[0]: layer.out_axis})
 

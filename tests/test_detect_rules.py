@@ -170,6 +170,18 @@ class QKNormAttention(nn.Module):
         return self.head(x + self.o_proj(out.transpose(1, 2).reshape(b, t, -1)))
 
 
+class NormedAndAttended(nn.Module):
+    """q's output is normalised on one path and enters attention's softmax un-normalised on another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj, self.norm, self.head = nn.Linear(D, D, bias=False), RMSNorm(D), nn.Linear(D, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q_proj(x)
+        return self.head(self.norm(q) + F.scaled_dot_product_attention(q, x, x))
+
+
 def _normed(norm: nn.Module, **kw: bool) -> Callable[[], nn.Module]:
     return lambda: Normed(norm, **kw)
 
@@ -199,6 +211,7 @@ CASES = [
     ("large-eps", _normed(Fn(lambda h: h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1.0))), TOKENS, set()),
     ("stat-mixes-other-values", MixedStatistic, TOKENS, set()),
     ("stat-of-another-tensor", OtherStatistic, TOKENS, set()),
+    ("softmax-sees-the-scale", NormedAndAttended, TOKENS, set()),
     ("gelu-before-norm", _normed(Fn(lambda h: F.normalize(F.gelu(h), dim=-1))), TOKENS, set()),
 ]
 
