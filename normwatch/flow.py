@@ -208,6 +208,98 @@ def broadcast(flow: Flow, shape: torch.Size, out_shape: torch.Size) -> Flow | No
     return replace(flow, dim=dim)
 
 
+# -- data movements worked out from shapes: reshapes, permutations, broadcasts, basic indexing ---------------
+def reshaped(flow: Flow, src: torch.Size, dst: torch.Size) -> Flow | None:
+    """The flow of ``x.reshape(dst)`` for ``x`` of shape ``src`` (view, flatten, unflatten, squeeze, ...).
+
+    In the run of axes holding the flow's axis, element f (row-major) has the label ⌊f/q⌋ mod n, with labels
+    the positions along the axis (q = the elements per position), or groups of ``step`` positions. A shift
+    needs its positions along one axis of the result; groups need their labels along one axis, once and in
+    order, else coarser groups are tried (one head of d channels after ``view(..., heads, d)``).
+    """
+    if flow.dim is None:
+        return flow
+    _, last, out_first, out_last = _run_of(src, dst, flow.dim)
+    inner, size = math.prod(src[flow.dim + 1:last]), src[flow.dim]
+    start, stop = flow.span or (0, size)
+    block = (stop - start) // flow.groups  # positions per group
+    steps = [1] if flow.shift else [block * k for k in range(1, flow.groups + 1) if flow.groups % k == 0]
+    for step in (s for s in steps if start % s == 0 and size % s == 0):
+        found = _label_axis(dst[out_first:out_last], inner * step, size // step)
+        if found is None:
+            continue
+        axis, once = found[0] + out_first, found[1]
+        per_label = inner * step // math.prod(dst[axis + 1:out_last])  # steps of ``axis`` per label
+        if once:
+            span = None if flow.span is None else (start // step * per_label, stop // step * per_label)
+            groups = flow.groups if flow.shift else flow.groups * block // step
+            return Flow(axis, groups, flow.degree, flow.shift, span, flow.stat)
+        if flow.shift and flow.span is None:  # the axis repeated: a shift still depends on the position alone
+            return Flow(axis, 1, flow.degree, shift=True, stat=flow.stat)
+        break
+    return uniform(flow)
+
+
+def _label_axis(run: tuple[int, ...] | torch.Size, q: int, n: int) -> tuple[int, bool] | None:
+    """The axis of ``run`` (a row-major run of axes) along which ⌊f/q⌋ mod n depends on the position alone, and
+    whether it holds each label once, in order; None when there is none.
+
+    With b elements per step of axis a: ⌊f/q⌋ mod n depends on that step alone when b divides q and q·n divides
+    b·size_a; it covers the labels once when q·n = b·size_a.
+    """
+    for axis, size in enumerate(run):
+        below = math.prod(run[axis + 1:])
+        if size > 1 and q % below == 0 and below * size % (q * n) == 0:
+            return axis, below * size == q * n
+    return None
+
+
+def _run_of(src: torch.Size, dst: torch.Size, dim: int) -> tuple[int, int, int, int]:
+    """The axes [first, last) of ``src`` around ``dim`` and [out_first, out_last) of ``dst`` holding the same
+    elements (the shortest runs with equal products)."""
+    i = o = 0
+    while i < len(src):
+        first, out_first = i, o
+        a, i = src[i], i + 1
+        b, o = (dst[o], o + 1) if o < len(dst) else (1, o)
+        while a != b:
+            if a < b:
+                a, i = a * src[i], i + 1
+            else:
+                b, o = b * dst[o], o + 1
+        if first <= dim < i:
+            return first, i, out_first, o
+    raise ValueError(f"no axis {dim} in {tuple(src)}")
+
+
+def basic_index(index: Any) -> bool:
+    """Whether ``x[index]`` is basic indexing: ints, slices, None and Ellipsis only (a view of x)."""
+    items = index if isinstance(index, tuple) else (index,)
+    return not any(isinstance(i, bool) or not (i is None or i is Ellipsis or isinstance(i, (int, slice)))
+                   for i in items)
+
+
+def indexed(flow: Flow, shape: torch.Size, index: Any) -> Flow | None:
+    """The flow of ``x[index]`` for a :func:`basic_index`; NotImplemented when it slices part of the flow's axis."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    used = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at:at + 1] = [slice(None)] * (len(shape) - used)
+    items += [slice(None)] * (len(shape) - sum(1 for i in items if i is not None))
+    axis_in = axis_out = 0
+    for item in items:
+        if item is not None and axis_in == flow.dim:
+            if isinstance(item, int):  # one position of the flow's axis
+                return uniform(flow)
+            if item.indices(shape[axis_in]) == (0, shape[axis_in], 1):
+                return replace(flow, dim=axis_out)
+            return NotImplemented  # part of the axis: which groups and in what order, a probe shows
+        axis_out += 0 if isinstance(item, int) else 1
+        axis_in += 0 if item is None else 1
+    raise ValueError("index misread")
+
+
 # -- position probes: where a flow's axis goes through a data movement ----------------------------------------
 def positions(shape: torch.Size, dim: int, device: torch.device) -> torch.Tensor:
     """A tensor of ``shape`` holding, at each element, its position along ``dim`` (exact up to 2**24)."""
@@ -575,13 +667,17 @@ def _copy_into(t: ScaleTracer, call: Call) -> None:
 
 
 def _move(t: ScaleTracer, call: Call) -> None:
-    """Reshapes, transposes, indexing, repeats, splits: each output's flows follow the probed positions."""
+    """Reshapes, transposes, indexing, repeats, splits: each output's flows follow the positions, worked out from
+    the shapes where that is exact (see :func:`_from_shapes`), else probed."""
     x = call.args[0]
+    from_shapes = _from_shapes(call, x)
     moved: dict[int, list[torch.Tensor]] = {}  # one probe per axis, whatever the number of flows along it
     per_output: list[dict[Key, Flow | None]] = [{} for _ in call.outputs]
     for key, flow in t.flows(x).items():
         if flow.dim is None:
             results: list[Flow | None] = [flow] * len(call.outputs)
+        elif from_shapes is not None and (result := from_shapes(flow)) is not NotImplemented:
+            results = [result]
         else:
             if flow.dim not in moved:
                 where = positions(x.shape, flow.dim, x.device)
@@ -593,6 +689,25 @@ def _move(t: ScaleTracer, call: Call) -> None:
             flows[key] = result
     for out, flows in zip(call.outputs, per_output):
         t.emit([out], flows)
+
+
+def _from_shapes(call: Call, x: torch.Tensor) -> Callable[[Flow], Flow | None] | None:
+    """Where a flow goes through a one-output reshape, permutation, broadcast or basic indexing, from shapes alone
+    (no probe); None for other moves."""
+    if len(call.outputs) != 1 or any(isinstance(a, torch.dtype) for a in call.args[1:]):
+        return None
+    out = call.outputs[0]
+    if call.name in _RESHAPES:
+        return lambda flow: reshaped(flow, x.shape, out.shape)
+    if call.name in _PERMUTATIONS:  # the op on a meta tensor of sizes 2, 3, 4, ... shows the order of the axes
+        meta = torch.empty(tuple(range(2, x.dim() + 2)), device="meta")
+        order = [size - 2 for size in call.func(meta, *call.args[1:], **call.kwargs).shape]
+        return lambda flow: replace(flow, dim=order.index(flow.dim))
+    if call.name in ("expand", "expand_as", "broadcast_to"):
+        return lambda flow: broadcast(flow, x.shape, out.shape)
+    if call.name == "__getitem__" and basic_index(call.args[1]):
+        return lambda flow: indexed(flow, x.shape, call.args[1])
+    return None
 
 
 def _reduce(t: ScaleTracer, call: Call) -> None:
@@ -954,6 +1069,10 @@ _MOVES = {"view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_", "uns
           "unbind", "tensor_split", "movedim", "moveaxis", "swapaxes", "swapdims", "transpose", "transpose_", "t",
           "t_", "permute", "repeat", "tile", "repeat_interleave", "flip", "roll", "index_select", ".T", ".mT", ".H",
           ".mH"}
+_RESHAPES = {"view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "view_as",
+             "reshape_as"}
+_PERMUTATIONS = {"transpose", "transpose_", "t", "t_", "permute", "movedim", "moveaxis", "swapaxes", "swapdims", ".T",
+                 ".mT", ".H", ".mH"}
 # name: (index of the dim argument, index of keepdim, kind of statistic)
 _REDUCTIONS = {**{name: (1, 2, "mean") for name in ("sum", "mean", "nansum", "nanmean", "amax", "amin", "max", "min")},
                **{name: (2, 3, "norm") for name in ("norm", "linalg_vector_norm", "linalg_norm")},

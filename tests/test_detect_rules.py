@@ -9,6 +9,7 @@ then that detection agrees module by module, with the finest granularity the num
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normwatch
+from normwatch.flow import Flow, indexed, positions, probe, reshaped
 from tests.ground_truth import Truth, assert_granularity
 
 D, HEADS, KV_HEADS, HEAD_DIM = 16, 4, 2, 4
@@ -318,3 +320,42 @@ def test_native_norms_and_their_hand_written_equivalents_agree(native, by_hand, 
     else:
         assert found[1] == []
         assert not Truth(model, x, tiny_eps=False).invariant(["proj.weight", "proj.bias"])
+
+
+def _flows_along(shape: tuple[int, ...]) -> list[Flow]:
+    """Flows on every axis of ``shape``: each grouping of its positions, with and without a shift, and a span."""
+    flows = []
+    for dim, size in enumerate(shape):
+        if size == 1:
+            continue
+        for groups in (g for g in range(1, size + 1) if size % g == 0):
+            flows += [Flow(dim, groups, Fraction(1)), Flow(dim, groups, Fraction(2), shift=True)]
+        if size % 4 == 0:
+            flows.append(Flow(dim, 2, Fraction(1), span=(size // 2, size)))
+    return [flow for flow in flows if flow.dim is not None]  # one group, no shift: the whole weight
+
+
+RESHAPES = [((2, 5, 12), (2, 5, 3, 4)), ((2, 5, 12), (2, 5, 4, 3)), ((2, 5, 12), (10, 12)), ((2, 5, 12), (2, 60)),
+            ((2, 3, 4, 5), (2, 12, 5)), ((2, 3, 4, 5), (6, 20)), ((6, 4), (24,)), ((6, 4), (3, 2, 4)),
+            ((6, 4), (2, 12)), ((1, 12), (12,)), ((12,), (1, 12, 1)), ((4, 6), (4, 3, 2)), ((4, 6), (8, 3))]
+
+
+@pytest.mark.parametrize(("src", "dst"), RESHAPES, ids=[f"{s}->{d}" for s, d in RESHAPES])
+def test_reshapes_from_shapes_agree_with_position_probes(src, dst) -> None:
+    """The shape arithmetic for reshapes gives what applying the reshape to a tensor of positions shows."""
+    for flow in _flows_along(src):
+        where = positions(torch.Size(src), flow.dim, torch.device("cpu")).reshape(dst)
+        assert reshaped(flow, torch.Size(src), torch.Size(dst)) == probe(flow, torch.Size(src), where), flow
+
+
+INDICES = [(slice(None), 0), (Ellipsis, slice(0, 2)), (None, slice(None), None), (1,), (slice(None, None, 2),),
+           (Ellipsis, None, 1), (slice(None), slice(None), slice(1, None))]
+
+
+@pytest.mark.parametrize("index", INDICES, ids=[str(i) for i in INDICES])
+def test_basic_indexing_from_shapes_agrees_with_position_probes(index) -> None:
+    """The index walk gives what indexing a tensor of positions shows, or leaves the case to the probe."""
+    shape = torch.Size((4, 6, 4))
+    for flow in _flows_along(shape):
+        expected = probe(flow, shape, positions(shape, flow.dim, torch.device("cpu"))[index])
+        assert indexed(flow, shape, index) in (expected, NotImplemented), flow  # NotImplemented: probed
