@@ -3,8 +3,9 @@
 ``detect(model, x)`` runs one forward in training mode under :class:`~normwatch.flow.ScaleTracer`, turns
 the flows it absorbed into :class:`Layer` records, then confirms them numerically: every group is rescaled
 by a random factor in [0.8, 1.25] and the forward is repeated with the same random state; the outputs
-must not move. The model is left exactly as it was: parameters, buffers (BN running statistics), the
-random number generators and every module's train/eval mode.
+must not move from the traced forward's (two forwards in all, more only when a layer fails). The model is
+left exactly as it was: parameters, buffers (BN running statistics), the random number generators and
+every module's train/eval mode.
 
 ``SyncBatchNorm`` normalises each rank's share with statistics gathered over all ranks; during detection
 it normalises with its own share's, as ``BatchNorm`` does. Per channel, both are (x − mean)/std over

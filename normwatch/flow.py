@@ -19,8 +19,12 @@ miss an invariant layer, never invent one.
 A flow also says *which* rescalings it follows: the whole weight at once, or each of ``groups`` contiguous
 groups of output channels by its own factor, while the tensor holds those groups in order along one axis.
 A statistic taken over that axis mixes the groups, so the flow falls back to the whole weight there. Data
-movements (reshapes, transposes, indexing, GQA's repeats) are followed by *position probes*: the same op
-applied to a tensor holding each element's position along the flow's axis shows where the groups went.
+movements are followed exactly: reshapes, permutations, broadcasts and basic indexing from the shapes, the
+rest (repeats, splits, advanced indexing) by *position probes*, the same op applied to a tensor holding each
+element's position along the flow's axis.
+
+Every weight (2-D or more) is a source: a conv/linear's output starts its flows, and any other op reading
+the weight (a cosine layer's ``F.normalize(W)``) starts them from the weight itself.
 """
 
 from __future__ import annotations
@@ -367,7 +371,8 @@ def _ordered_run(groups_along: torch.Tensor, groups: int) -> tuple[int, int] | N
     start, stop = int(inside[0]), int(inside[-1]) + 1
     if stop - start != inside.numel() or (stop - start) % groups:
         return None
-    expected = torch.arange(groups, dtype=groups_along.dtype).repeat_interleave((stop - start) // groups)
+    expected = torch.arange(groups, dtype=groups_along.dtype, device=groups_along.device)
+    expected = expected.repeat_interleave((stop - start) // groups)
     return (start, stop) if torch.equal(groups_along[start:stop], expected) else None
 
 
@@ -844,6 +849,20 @@ def _normalize(t: ScaleTracer, call: Call) -> None:
     t.emit(call.outputs, flows)
 
 
+def _weight_norm(t: ScaleTracer, call: Call) -> None:
+    """torch._weight_norm(v, g, dim) = g·v/|v|, the norm over every axis but ``dim`` (weight_norm's
+    parametrisation): v's scale is absorbed slice by slice along ``dim``; g's flows pass only into the product."""
+    v, g, dim = call.arg(0, "v"), call.arg(1, "g"), call.arg(2, "dim", 0)
+    t.leak_tensors([g])
+    kept = () if dim == -1 else (_norm_dim(int(dim), v.dim()),)  # -1: the norm of the whole tensor
+    axes = frozenset(a for a in range(v.dim()) if a not in kept)
+    flows: dict[Key, Flow | None] = {}
+    for key, flow in t.flows(v).items():
+        norm = reduction(flow, axes, "norm")
+        flows[key] = None if norm is None else product(flow, norm, sign=-1)
+    t.emit(call.outputs, flows)
+
+
 def _native_norm(t: ScaleTracer, call: Call) -> None:
     """batch/instance/group/layer/rms norm: (x − mean)/std or x/rms over their axes when they use the statistics
     of x itself; with running statistics x's scale passes through, so its flows leak."""
@@ -1099,4 +1118,5 @@ _RULES: dict[str, Rule] = {
     **dict.fromkeys(("linear", "einsum", "bilinear"), _linear_map),
     **dict.fromkeys(("cat", "concat", "concatenate", "stack"), _cat), **dict.fromkeys(_POOL_MAX | _POOL_AVG, _pool),
     "copy_": _copy_into, "pad": _pad, "normalize": _normalize, "scaled_dot_product_attention": _attention,
+    "_weight_norm": _weight_norm,
 }

@@ -269,6 +269,19 @@ def test_cosine_layer_weights_are_invariant_row_by_row() -> None:
     assert layers["weight"].granularity == "channel"
 
 
+def test_weight_norm_direction_is_invariant_row_by_row() -> None:
+    """weight_norm's w = g·v/|v|: the direction v is invariant row by row, the magnitude g is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(D, D)), nn.ReLU(), nn.Linear(D, 3))
+    x = torch.randn(*TOKENS)
+    truth = Truth(model, x)
+    layers = normwatch.detect(model, x)
+    direction, magnitude = "0.parametrizations.weight.original1", "0.parametrizations.weight.original0"
+    assert [layer.params for layer in layers] == [(direction,)]
+    assert truth.invariant([direction]) and not truth.invariant([magnitude])
+    assert_granularity(truth, layers[0])
+
+
 class NormFn(nn.Module):
     """``fn(x, eps)`` with ``eps`` an attribute: the ground truth makes it negligible unless told not to."""
 
@@ -359,3 +372,14 @@ def test_basic_indexing_from_shapes_agrees_with_position_probes(index) -> None:
     for flow in _flows_along(shape):
         expected = probe(flow, shape, positions(shape, flow.dim, torch.device("cpu"))[index])
         assert indexed(flow, shape, index) in (expected, NotImplemented), flow  # NotImplemented: probed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_detection_on_cuda_matches_cpu() -> None:
+    """Shape rules and position probes (repeat_interleave) run on the activations' device: same layers as on CPU."""
+    torch.manual_seed(0)
+    model, x = QKNormAttention("permute", "interleave"), torch.randn(*TOKENS)
+    on_cpu = [(layer.name, layer.params, layer.granularity, layer.groups) for layer in normwatch.detect(model, x)]
+    found = normwatch.detect(model.cuda(), x.cuda())
+    assert [(layer.name, layer.params, layer.granularity, layer.groups) for layer in found] == on_cpu
+    assert {name for name, *_ in on_cpu} == QK and all(layer.confirmed for layer in found)
