@@ -3,8 +3,9 @@
 ``detect(model, x)`` runs one forward in training mode under :class:`~normwatch.flow.ScaleTracer`, turns
 the flows it absorbed into :class:`Layer` records, then confirms them numerically: every group is rescaled
 by a random factor in [0.8, 1.25] and the forward is repeated with the same random state; the outputs
-must not move. The model is left exactly as it was: parameters, buffers (BN running statistics), the
-random number generators and every module's train/eval mode.
+must not move from the traced forward's (two forwards in all, more only when a layer fails). The model is
+left exactly as it was: parameters, buffers (BN running statistics), the random number generators and
+every module's train/eval mode.
 
 ``SyncBatchNorm`` normalises each rank's share with statistics gathered over all ranks; during detection
 it normalises with its own share's, as ``BatchNorm`` does. Per channel, both are (x − mean)/std over
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +77,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def detect(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> list[Layer]:
     """The scale-invariant layers of ``model``, found from one training-mode forward on the example.
 
+    The model is put in training mode as a training loop does, with ``model.train()`` (so an override that
+    keeps some BatchNorm frozen is respected); a model already training with some modules switched to eval
+    by hand keeps those modes. Every module's mode is put back afterwards.
+
     Args:
         model: any ``nn.Module`` (a compiled or DDP-wrapped one is unwrapped first).
         *example_args: positional inputs of one forward (a real batch: BatchNorm needs more than one sample).
@@ -88,24 +94,41 @@ def detect(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> list[
         >>> [(layer.name, layer.norm, layer.granularity) for layer in detect(net, torch.randn(4, 3, 8, 8))]
         [('0', '1', 'channel')]
     """
-    return scan(model, example_args, example_kwargs, confirm=True)
+    with _training_as_a_user_would(unwrap(model)):
+        return scan(model, example_args, example_kwargs, confirm=True)
 
 
 def scan(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], confirm: bool = True) -> list[Layer]:
     """:func:`detect` with the confirmation optional (``confirm=False`` costs one forward instead of two)."""
     base = unwrap(model)
     with _preserved(base) as replay:
-        result = _trace(base, args, kwargs, replay)
+        result, traced = _trace(base, args, kwargs, replay)
         layers = _layers(result)
         # sharded (FSDP2) parameters: rescaling them would need their shard offsets, and a result-dependent
         # number of extra forwards could desynchronise the ranks' collectives; they stay unconfirmed
         if confirm and layers and not any(_dist.is_dtensor(p) for p in base.parameters()):
-            layers = _confirm(base, args, kwargs, layers, replay)
+            layers = _confirm(base, args, kwargs, layers, replay, traced)
     return layers
 
 
+@contextlib.contextmanager
+def _training_as_a_user_would(base: nn.Module) -> Iterator[None]:
+    """``base.train()`` unless some modules were switched to eval by hand in a training model; modes put back."""
+    modes = [(m, m.training) for m in base.modules()]
+    frozen_by_hand = base.training and not all(training for _, training in modes)
+    try:
+        if not frozen_by_hand:
+            base.train()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 # -- tracing ---------------------------------------------------------------------------------------------
-def _trace(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], replay: Any) -> TraceResult:
+def _trace(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+           replay: Any) -> tuple[TraceResult, list[torch.Tensor]]:
+    """The flows of one traced forward, and its floating-point outputs."""
     stack: list[tuple[str, nn.Module]] = []
     names = {id(m): n for n, m in base.named_modules(remove_duplicate=False)}
     static = {id(t): Owned(_join(n, attr), n, kind == "param")
@@ -145,7 +168,7 @@ def _trace(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], repla
     finally:
         for handle in handles:
             handle.remove()
-    return tracer.finish()
+    return tracer.finish(), _float_outputs(output)
 
 
 def _join(module: str, attr: str) -> str:
@@ -155,41 +178,47 @@ def _join(module: str, attr: str) -> str:
 def _layers(result: TraceResult) -> list[Layer]:
     layers = []
     for index, src in enumerate(result.sources):
-        variant = next((v for v in ("weight", "joint") if result.invariant((index, v))), None)
-        if variant is None or (variant == "weight" and src.bias_name is None):
+        variants = ("weight", "joint") if src.bias_name is not None else ("joint",)  # the weight alone if it can
+        variant = next((v for v in variants if result.invariant((index, v))), None)
+        if variant is None:
             continue
         params = (src.weight_name,)
         if variant == "joint" and src.bias_name is not None:
             params += (src.bias_name,)
         absorptions = result.absorbed[(index, variant)]
-        granularity, groups = _granularity(src, [(a.granularity, a.groups) for a in absorptions])
+        granularity, groups = _granularity(src, [a.groups for a in absorptions])
         norms = ", ".join(dict.fromkeys(a.norm for a in absorptions))
         name = src.weight_name.removesuffix(".weight") if src.weight_name.endswith(".weight") else src.weight_name
         layers.append(Layer(name or src.weight_name, norms, params, granularity, groups, src.out_axis))
     return layers
 
 
-def _granularity(src: Source, found: list[tuple[Granularity, int]]) -> tuple[Granularity, int]:
-    """The finest grouping in which every normalisation that saw this weight is invariant."""
+def _granularity(src: Source, groups_seen: list[int]) -> tuple[Granularity, int]:
+    """The finest grouping in which every normalisation that saw this weight is invariant.
+
+    Each normalisation removes the scale of contiguous groups of output channels; g groups of size C/g are
+    unions of every one of them when g = gcd of their counts.
+    """
     channels = src.weight_shape[src.out_axis]
-    kinds = {g for g, _ in found}
-    if "tensor" in kinds or not src.channelwise:
+    groups = math.gcd(*groups_seen) if src.channelwise else 1
+    if groups <= 1 or channels % groups:
         return "tensor", 1
-    if "group" in kinds:
-        counts = {n for g, n in found if g == "group"}
-        if len(counts) == 1 and channels % (n := counts.pop()) == 0:
-            return "group", n
-        return "tensor", 1
-    return "channel", channels
+    return ("channel" if groups == channels else "group"), groups
 
 
 # -- numerical confirmation ------------------------------------------------------------------------------
 def _confirm(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layers: list[Layer],
-             replay: Any) -> list[Layer]:
+             replay: Any, traced: list[torch.Tensor]) -> list[Layer]:
+    """Rescale every layer's groups at random at once: unchanged outputs confirm them all in one forward. Else
+    each layer is checked alone against a plain forward (the traced one is the same unless tracing changed
+    how an op ran)."""
     params = dict(base.named_parameters(remove_duplicate=False))
-    reference = _forward(base, args, kwargs, replay)
     generator = torch.Generator().manual_seed(0)
-    if _unchanged(reference, _forward_scaled(base, args, kwargs, layers, params, generator, replay)):
+    scaled = _forward_scaled(base, args, kwargs, layers, params, generator, replay)
+    if _unchanged(traced, scaled):
+        return [_with(layer, True) for layer in layers]
+    reference = _forward(base, args, kwargs, replay)
+    if _unchanged(reference, scaled):
         return [_with(layer, True) for layer in layers]
     confirmed = []
     for layer in layers:
@@ -209,7 +238,11 @@ def _with(layer: Layer, confirmed: bool) -> Layer:
 def _forward(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], replay: Any) -> list[torch.Tensor]:
     replay()
     args, kwargs = _fresh(args, kwargs)
-    return [t.detach().clone() for t in _tensors(base(*args, **kwargs)) if t.is_floating_point()]
+    return _float_outputs(base(*args, **kwargs))
+
+
+def _float_outputs(output: Any) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in _tensors(output) if t.is_floating_point()]
 
 
 def _fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -241,6 +241,39 @@ def test_detect_runs_in_training_mode() -> None:
     assert not model.training
 
 
+class FrozenByTrain(nn.Module):
+    """Fine-tuning code's pattern: ``train()`` keeps the BatchNorm frozen (running statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+    def train(self, mode: bool = True) -> "FrozenByTrain":
+        super().train(mode)
+        self.bn.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+
+def test_detect_trains_the_model_as_a_user_does(tmp_path) -> None:
+    """detect() calls model.train() as a training loop does, so a train() that freezes BatchNorm is respected:
+    it agrees with attach() and with the numbers, and leaves every module's mode as it found it."""
+    torch.manual_seed(0)
+    model, x = FrozenByTrain(), torch.randn(*IMG)
+    assert normwatch.detect(model, x) == []
+    assert all(m.training for m in model.modules())  # fresh from the constructor, as detect found it
+    model.train()  # what the user's loop does before training
+    assert_not_invariant(model, x, "conv.weight")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match="no scale-invariant layer"), \
+            normwatch.attach(model, opt, logdir=str(tmp_path)) as watch:
+        F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long)).backward()
+        opt.step()
+        assert watch.layers == []
+
+
 def test_detect_on_wrapped_models_uses_original_names() -> None:
     """torch.compile's ``_orig_mod.`` prefix is not part of the names."""
     model = _seq(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
