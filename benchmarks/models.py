@@ -4,8 +4,8 @@ matrices are all scale-invariant.
 The transformer normalises the output of every matrix (LayerNorm modules, which detection has always
 recognised): q_proj and k_proj (QK-norm), v_proj and o_proj (through attention, which is linear in v, to a
 norm after o_proj), up_proj (norm before the GELU) and down_proj (norm before the residual add, OLMo2-style).
-All 6 matrices of a block are scale-invariant; detection finds at least the 5 that do not pass through
-``scaled_dot_product_attention`` (v_proj does), so 20 blocks give at least 100 instrumented matrices.
+All 6 matrices of a block are scale-invariant and detected (v_proj through ``scaled_dot_product_attention``,
+linear in v), so 20 blocks give 120 instrumented matrices.
 """
 
 from __future__ import annotations
