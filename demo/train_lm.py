@@ -118,17 +118,17 @@ class Config:
 
 
 # The cpu preset keeps the study whole (every part, the whole grid) and shrinks the model to fit in 10 minutes
-# on 2 CPU cores: 2 blocks of width 64 (140k parameters), 32 sequences of 64 characters per step, 300 steps.
-# η and λ are raised so that ηλ = 0.01: τ = 1/(ηλ) = 100 steps is a third of a run and |w|² relaxes in
+# on 2 CPU cores: 2 blocks of width 64 (140k parameters), 32 sequences of 64 characters per step, 250 steps.
+# η and λ are raised so that ηλ = 0.01: τ = 1/(ηλ) = 100 steps is 40% of a run and |w|² relaxes in
 # 1/(2ηλ) = 50 steps, so the equilibrium is reached and held (at LM-practice η = 1e-3, λ = 0.1, τ would be
 # 10,000 steps). The full preset is nanoGPT's shakespeare-char model (6 blocks of 384) with ηλ = 1e-3: τ is
-# 1,000 of its 5,000 steps. On a CPU the cpu preset uses one thread: on matrices this small a second thread's
-# barriers cost about what it saves on an idle machine, and several times more on a busy one (measured: a step
-# took 0.7-2 s with 2 threads against 0.11 s with 1 while other jobs kept both cores busy).
+# 1,000 of its 5,000 steps. The cpu preset uses one thread: on matrices this small a second one saves little
+# and, when other jobs keep the cores busy, its barriers cost far more (measured on the 2-core machine: 92 ms per
+# step with 1 thread, 68 ms with 2 at a load average of 2; 0.11 s with 1, 0.3-2 s with 2 at a load average of 9).
 PRESETS = {
     "full": dict(block_size=256, hidden=384, layers=6, heads=6, steps=5000, batch_size=64, lr=1e-3,
                  weight_decay=1.0, warmup=100, eval_every=250, eval_blocks=256),
-    "cpu": dict(block_size=64, hidden=64, layers=2, heads=4, steps=300, batch_size=32, lr=4e-3,
+    "cpu": dict(block_size=64, hidden=64, layers=2, heads=4, steps=250, batch_size=32, lr=4e-3,
                 weight_decay=2.5, warmup=15, eval_every=25, eval_blocks=64, threads=1),
 }
 
@@ -501,17 +501,23 @@ def train(cfg: Config, run: Run, data: CharData, run_dir: Path) -> dict:
 
 
 def summarise_log(history: list[dict], warmup: int) -> dict:
-    """Final validation loss, the mean training loss of the last 5% of steps, and the gradient norm's rise at
-    the end: the mean |g| of the last 10% of steps over the lowest mean |g| of any 10% window after the warmup."""
+    """Final validation loss, the mean training loss of the last 5% of steps, and the gradient norm's course
+    after the warmup in means over windows of 10% of the steps: its lowest, its highest after that, its last
+    (the steps are the windows' last)."""
     steps = [h for h in history if "loss" in h and "grad_norm" in h]
     evals = [h for h in history if "eval_loss" in h]
     n = len(steps)
     window = max(1, n // 10)
     norms = np.array([h["grad_norm"] for h in steps], dtype=np.float64)
-    means = np.convolve(norms, np.ones(window) / window, mode="valid")[min(warmup, max(0, n - window)):]
-    last = [h["loss"] for h in steps][-max(1, n // 20):]
-    return dict(steps=n, val_loss=evals[-1]["eval_loss"], train_loss=float(np.mean(last)),
-                grad_norm_end=float(means[-1]), grad_norm_min=float(means.min()),
+    first = min(warmup, max(0, n - window))  # the first window ends after the warmup
+    means = np.convolve(norms, np.ones(window) / window, mode="valid")[first:]
+    at = [h["step"] for h in steps][window - 1 + first:]
+    low = int(np.argmin(means))
+    high = low + int(np.argmax(means[low:]))
+    return dict(steps=n, val_loss=evals[-1]["eval_loss"],
+                train_loss=float(np.mean([h["loss"] for h in steps][-max(1, n // 20):])),
+                grad_norm_low=float(means[low]), grad_norm_low_step=at[low], grad_norm_high=float(means[high]),
+                grad_norm_high_step=at[high], grad_norm_end=float(means[-1]),
                 val_losses=[(h["step"], h["eval_loss"]) for h in evals])
 
 
@@ -589,9 +595,10 @@ def study(cfg: Config, why: str) -> int:
     t_study = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
     print(f"preset {cfg.preset} ({why}): {cfg.layers} blocks of width {cfg.hidden}, {cfg.heads} heads, "
           f"{cfg.batch_size} × {cfg.block_size} characters per step, {cfg.steps} steps per run, device "
-          f"{cfg.device} ({torch.get_num_threads()} threads), torch {torch.__version__}, transformers "
+          f"{cfg.device} ({threads} CPU thread{'s' * (threads > 1)}), torch {torch.__version__}, transformers "
           f"{transformers.__version__}; study directory {cfg.out}")
     try:
         data = tokenize(fetch_text(cfg.data), cfg.val_fraction)
@@ -605,6 +612,7 @@ def study(cfg: Config, why: str) -> int:
     runs, results, done = plan(cfg), [], {}  # done: experiment → the directory of its finished run
     try:
         for k, (run, run_dir) in enumerate(runs, 1):
+            t_run = time.perf_counter()
             conf = run_config(cfg, run, data)
             res, twin = finished(run_dir, conf), done.get(same_experiment(conf))
             if res is not None:
@@ -616,7 +624,7 @@ def study(cfg: Config, why: str) -> int:
                 print(f"\n[{k}/{len(runs)}] {run_dir}")
                 res = train(cfg, run, data, run_dir)
             done.setdefault(same_experiment(conf), run_dir)
-            results.append((run, res))
+            results.append((run, res, time.perf_counter() - t_run))
     except KeyboardInterrupt:
         print(f"\ninterrupted: the {len(results)} finished runs stay in {cfg.out}; the same command goes on "
               f"from there")
@@ -625,14 +633,20 @@ def study(cfg: Config, why: str) -> int:
     return 0
 
 
-def summarise(cfg: Config, results: list[tuple[Run, dict]], wall: float) -> None:
-    print(f"\n== study {cfg.out}: {len(results)} runs in {wall:.0f} s")
-    for run, res in results:
+def summarise(cfg: Config, results: list[tuple[Run, dict, float]], wall: float) -> None:
+    """Wall time per part, each run's final losses and gradient-norm course, and the grid's validation losses."""
+    parts = {run.part: 0.0 for run, _, _ in results}
+    for run, _, seconds in results:
+        parts[run.part] += seconds
+    print(f"\n== study {cfg.out}: {len(results)} runs in {wall:.0f} s ("
+          + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in parts.items()) + ")")
+    print("|g|: means over 10% of the steps after the warmup, lowest → highest after it → last (at step)")
+    for run, res, _ in results:
         if run.part != "eta-lambda":
-            rise = res["grad_norm_end"] / res["grad_norm_min"]
-            print(f"{run.part:>10} {run.name:>8}: val loss {res['val_loss']:.4f}, train loss {res['train_loss']:.4f}, "
-                  f"|g| at the end {rise:.2f} × its lowest ({res['train_time_s']:.0f} s)")
-    grid = {(run.lr, run.weight_decay): res for run, res in results if run.part == "eta-lambda"}
+            print(f"{run.part:>9} {run.name:>8}: val loss {res['val_loss']:.4f}, train loss {res['train_loss']:.4f}; "
+                  f"|g| {res['grad_norm_low']:.3f} ({res['grad_norm_low_step']}) → {res['grad_norm_high']:.3f} "
+                  f"({res['grad_norm_high_step']}) → {res['grad_norm_end']:.3f}")
+    grid = {(run.lr, run.weight_decay): res for run, res, _ in results if run.part == "eta-lambda"}
     if grid:
         lrs, wds = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
         print("eta-lambda: final val loss; rows λ, columns η; * where ηλ is the recipe's")
