@@ -20,7 +20,8 @@ The parts, each a set of runs under runs/lm-<preset>/<part>/<run>/ (models: tran
 - muon: torch.optim.Muon on the blocks' matrices (AdamW on embeddings, head and norms) against AdamW.
 - l2: Adam with coupled L2 against AdamW at the same nominal λ.
 - schedule: AdamW against "AdamC" (Defazio 2025, arXiv 2506.02285: λ_t = λ·η_t/η_max) under the same cosine
-  schedule to 0; the gradient norm of every step shows the end-of-training rise.
+  schedule to 0, at 4 × the recipe's λ (so that |w| can follow the decaying lr); the gradient norm of every step
+  shows the end-of-training rise.
 
 Each run directory is one TensorBoard run: the Trainer's train/loss, train/grad_norm (before any clipping; this
 demo does not clip), train/learning_rate and eval/loss (validation), the demo's train/weight_decay, normwatch's
