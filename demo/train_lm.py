@@ -17,7 +17,8 @@ The parts, each a set of runs under runs/lm-<preset>/<part>/<run>/ (models: tran
 - eta-lambda: a 3 × 3 grid, η and λ each × 1/4, 1, 4 around the recipe: along its diagonal ηλ is held fixed while
   η and λ vary ×4 each way, elsewhere ηλ moves (×1/16 to ×16). Do invariant layers settle at the same rotation
   when ηλ is fixed, and does validation loss follow ηλ?
-- muon: torch.optim.Muon on the blocks' matrices (AdamW on embeddings, head and norms) against AdamW.
+- muon: torch.optim.Muon on the blocks' matrices (AdamW on embeddings, head and norms) against AdamW; normwatch,
+  told that this optimizer decays decoupled, splits shrink and growth exactly (it has no Muon theory here yet).
 - l2: Adam with coupled L2 against AdamW at the same nominal λ.
 - schedule: AdamW against "AdamC" (Defazio 2025, arXiv 2506.02285: λ_t = λ·η_t/η_max) under the same cosine
   schedule to 0, at 4 × the recipe's λ (so that |w| can follow the decaying lr); the gradient norm of every step
@@ -490,8 +491,10 @@ def train(cfg: Config, run: Run, data: CharData, run_dir: Path) -> dict:
     write_config(writer, experiment(cfg, run, data))
     model = build_model(run.arch, cfg, len(data.vocab), run.seed)
     # All of normwatch: its Trainer callback, writing into this run's directory (its own event file next to the
-    # Trainer's), so that each run is one TensorBoard run.
-    watch = NormwatchCallback(logdir=str(run_dir), every=cfg.every)
+    # Trainer's), so that each run is one TensorBoard run. normwatch does not know MuonWithAdamW, but every group of
+    # it decays as w ← (1 − ηλ)w − ηU (torch's Muon too), so declared decoupled it splits shrink and growth exactly.
+    decoupled = {"decoupled": True} if run.optimizer == "muon" else {}
+    watch = NormwatchCallback(logdir=str(run_dir), every=cfg.every, **decoupled)
     callbacks = [LogWeightDecay(writer), TensorBoardCallback(writer), watch, Progress()]
     if run.decay_follows_lr:
         callbacks.insert(0, DecayFollowsLR())

@@ -5,6 +5,7 @@ tinyshakespeare_head.txt (the first 4,070 bytes of Tiny Shakespeare)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -395,7 +396,7 @@ def test_a_run_of_the_same_experiment_is_copied_not_trained_again(smoke):
 # normwatch's part. What it records must be what its detection finds (so the tags appear for every layer that
 # detection comes to find) and only matrices that rescaling shows to be invariant; for llama, which has none,
 # nothing at all.
-CORE_METRICS = ("w_norm2", "angle", "lr", "weight_decay")
+CORE_METRICS = ("w_norm2", "angle", "shrink", "growth", "lr", "weight_decay")  # the split: every run's rule has one
 
 
 def _recorded(scalars: list[str]) -> set[str]:
@@ -428,6 +429,22 @@ def test_normwatch_records_what_it_detects_and_only_invariant_matrices(smoke, ar
     if arch == "llama":
         assert invariant == set() and not any(t.startswith("normwatch/") for r in runs
                                               for t in _events(out / r).Tags()["scalars"])
+
+
+def test_normwatch_splits_muon_with_adamw_exactly(tmp_path, monkeypatch):
+    """MuonWithAdamW, declared decoupled, gets the exact split: u_wd = −ηλw, so shrink = (2ηλ − (ηλ)²)|w|² with
+    the η and λ of the Muon group as the Trainer's schedule sets them. This normwatch detects no layer of olmo2
+    yet, so the run names one (a "+" pattern adds a module to what detection finds)."""
+    monkeypatch.setattr(demo, "DATA_SHA256", FIXTURE_SHA256)
+    layer = "model.layers.0.self_attn.q_proj"
+    monkeypatch.setattr(demo, "NormwatchCallback", functools.partial(demo.NormwatchCallback, layers=[f"+{layer}"]))
+    assert demo.main([*TINY, "--parts", "muon", "--data", str(FIXTURE), "--out", str(tmp_path)]) == 0
+    acc = _events(tmp_path / "muon" / "muon")
+    w_norm2, shrink = (_values(acc, f"normwatch/{m}/{layer}") for m in ("w_norm2", "shrink"))
+    assert [s for s, _ in shrink] == [0, 1, 2]
+    for (_, w2), (_, sh), eta in zip(w_norm2, shrink, (0.0, LR, LR)):  # the warmup's first step has η = 0
+        assert sh == pytest.approx((2 * eta * WD - (eta * WD) ** 2) * w2, rel=1e-4, abs=1e-12)
+    assert [v for _, v in _values(acc, f"normwatch/lr/{layer}")] == pytest.approx([0.0, LR, LR])
 
 
 # ---------------------------------------------------------------------------------------------------------
