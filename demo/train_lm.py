@@ -18,7 +18,8 @@ The parts, each a set of runs under runs/lm-<preset>/<part>/<run>/ (models: tran
   η and λ vary ×4 each way, elsewhere ηλ moves (×1/16 to ×16). Do invariant layers settle at the same rotation
   when ηλ is fixed, and does validation loss follow ηλ?
 - muon: torch.optim.Muon on the blocks' matrices (AdamW on embeddings, head and norms) against AdamW; normwatch,
-  told that this optimizer decays decoupled, splits shrink and growth exactly (it has no Muon theory here yet).
+  follows each param group with the rule of the optimizer that owns it: shrink and growth split exactly, and
+  Muon's angle theory.
 - l2: Adam with coupled L2 against AdamW at the same nominal λ.
 - schedule: AdamW against "AdamC" (Defazio 2025, arXiv 2506.02285: λ_t = λ·η_t/η_max) under the same cosine
   schedule to 0, at 4 × the recipe's λ (so that |w| can follow the decaying lr); the gradient norm of every step
@@ -301,19 +302,18 @@ class MuonWithAdamW(torch.optim.Optimizer):
     steps, schedules and checkpoints one. (Muon takes only 2-D parameters, and embeddings and the output head
     are better left to AdamW anyway.)
 
-    Its param groups are the two inner optimizers' own group dicts, in that order, each marked with the rule it
-    follows, ``group["optimizer"]`` = "muon" or "adamw"; so an lr scheduler (or a callback changing
-    weight_decay) that edits this optimizer's groups edits what the inner ones read. The three share one state
-    dict, keyed by parameter (their parameters are disjoint), so ``state[p]`` is Muon's momentum_buffer or
-    AdamW's exp_avg/exp_avg_sq. step() steps Muon, then AdamW. load_state_dict (which accelerate calls while
-    preparing) rebuilds the group dicts, so the inner optimizers are linked to the new ones."""
+    Its param groups are the two inner optimizers' own group dicts, in that order, and it lists them as
+    ``optimizers``: so an lr scheduler (or a callback changing weight_decay) that edits this optimizer's groups
+    edits what the inner ones read, and normwatch follows each group with the rule of the optimizer that owns it.
+    The three share one state dict, keyed by parameter (their parameters are disjoint), so ``state[p]`` is Muon's
+    momentum_buffer or AdamW's exp_avg/exp_avg_sq. step() steps Muon, then AdamW. load_state_dict (which
+    accelerate calls while preparing) rebuilds the group dicts, so the inner optimizers are linked to the new
+    ones."""
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon: dict, adamw: dict):
         self.muon = torch.optim.Muon(muon_groups, **muon)
         self.adamw = torch.optim.AdamW(adamw_groups, **adamw)
-        for inner, rule in ((self.muon, "muon"), (self.adamw, "adamw")):
-            for group in inner.param_groups:
-                group["optimizer"] = rule
+        self.optimizers = (self.muon, self.adamw)
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], defaults={})
         self._link()
 
@@ -491,10 +491,9 @@ def train(cfg: Config, run: Run, data: CharData, run_dir: Path) -> dict:
     write_config(writer, experiment(cfg, run, data))
     model = build_model(run.arch, cfg, len(data.vocab), run.seed)
     # All of normwatch: its Trainer callback, writing into this run's directory (its own event file next to the
-    # Trainer's), so that each run is one TensorBoard run. normwatch does not know MuonWithAdamW, but every group of
-    # it decays as w ← (1 − ηλ)w − ηU (torch's Muon too), so declared decoupled it splits shrink and growth exactly.
-    decoupled = {"decoupled": True} if run.optimizer == "muon" else {}
-    watch = NormwatchCallback(logdir=str(run_dir), every=cfg.every, **decoupled)
+    # Trainer's), so that each run is one TensorBoard run. MuonWithAdamW lists its optimizers, so normwatch follows
+    # each group with its owner's rule (Muon's or AdamW's).
+    watch = NormwatchCallback(logdir=str(run_dir), every=cfg.every)
     callbacks = [LogWeightDecay(writer), TensorBoardCallback(writer), watch, Progress()]
     if run.decay_follows_lr:
         callbacks.insert(0, DecayFollowsLR())

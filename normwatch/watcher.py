@@ -284,9 +284,9 @@ class Watcher:
                  f"({', '.join(missing)} not in its param groups yet).")
         if not ready and not (layers or said):
             warn(f"normwatch: found no scale-invariant layer in {type(base).__name__}: nothing will be "
-                 "recorded. A conv/linear weight is scale-invariant when its output reaches the loss "
-                 "only through a normalisation that uses batch statistics (BatchNorm in training "
-                 "mode, GroupNorm, LayerNorm).", RuntimeWarning)
+                 "recorded. A weight is scale-invariant when its output reaches the loss only through a "
+                 "normalisation of it (BatchNorm in training mode, GroupNorm, LayerNorm, RMSNorm, QK-norm, "
+                 "F.normalize; written by hand or not); see the README's 'How detection works'.", RuntimeWarning)
         if ready:
             self._join(ready)
         if self._in_step:  # the forward runs inside optimizer.step(closure): this step can still be recorded

@@ -205,3 +205,36 @@ def test_theory_tags_where_a_formula_applies(name) -> None:
     for tag, points in watch.history.items():
         if "theory" in tag:
             assert all(0 < v < 1 for _, v in points), (tag, points)
+
+
+class _Composite(torch.optim.Optimizer):
+    """SGD on the first conv and AdamW on the rest as one optimizer, listing them as ``optimizers`` and sharing
+    their param-group dicts and state (as the LM demo's Muon-with-AdamW does)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        first = [model[0].weight]
+        self.optimizers = (TO.SGD(first, lr=0.05, momentum=0.9, weight_decay=5e-3),
+                           TO.AdamW([p for p in model.parameters() if p is not model[0].weight], lr=1e-2,
+                                    weight_decay=5e-2))
+        super().__init__([g for o in self.optimizers for g in o.param_groups], defaults={})
+        self.optimizers[0].param_groups, self.optimizers[1].param_groups = self.param_groups[:1], self.param_groups[1:]
+        for o in self.optimizers:
+            o.state = self.state
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+
+def test_an_optimizer_made_of_others_follows_each_groups_own_rule() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        watch, captured = train_and_capture(conv_net(), CONV_LAYERS, _Composite, batch=image_batch)
+    refs = {"0.weight": ref.SGD(0.05, 5e-3, 0.9), "4.weight": ref.Decoupled(1e-2, 5e-2),
+            "4.bias": ref.Decoupled(1e-2, 5e-2)}
+    expected = reference_metrics(captured, CONV_LAYERS, refs, lr=0.0)
+    for layer_metrics in expected:  # lars_ratio uses each group's own lr: compared separately below
+        for metrics in layer_metrics.values():
+            metrics.pop("lars_ratio")
+    assert_matches(watch.history, expected, "composite")
+    assert {t.split("/")[1] for t in watch.history if t.endswith("/0")} >= {"shrink", "lars_theory", "angle_theory"}

@@ -4,8 +4,10 @@ Every optimizer in ``torch.optim`` that decays weights has one, in each variant 
 ``maximize``, ``nesterov``, ``decoupled_weight_decay``): :mod:`~normwatch.rules.momentum` (SGD, LARS),
 :mod:`~normwatch.rules.adam` (Adam, NAdam, RAdam, Adamax with coupled L2), :mod:`~normwatch.rules.adaptive`
 (RMSprop, Adagrad, Adadelta) and :mod:`~normwatch.rules.decoupled` (AdamW and every decoupled variant,
-Adafactor, Muon, ASGD, and an optimizer the user declares decoupled). An optimizer normwatch does not know
-follows ``"unknown"``: every measured metric, no split, no theory.
+Adafactor, Muon, ASGD, and an optimizer the user declares decoupled). An optimizer made of others
+(``optimizer.optimizers``, sharing their param-group dicts) follows, group by group, the rule of the one that
+owns the group. An optimizer normwatch does not know follows ``"unknown"``: every measured metric, no split, no
+theory.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ _ONE_RULE = {"SGD": "sgd", "Adamax": "adamax", "RMSprop": "rmsprop", "Adagrad": 
 
 
 def knows(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether normwatch knows ``optimizer``'s update rule (a torch.optim class itself, LARS, or the stand-in of a
-    loop with its own update, whose rule is declared)."""
+    """Whether normwatch knows ``optimizer``'s update rule (a torch.optim class itself, LARS, the stand-in of a
+    loop with its own update, whose rule is declared, or an optimizer made of such optimizers)."""
+    inner = _inner(optimizer)
+    if inner:
+        return all(knows(o) for o in inner)
     return isinstance(optimizer, (LARS, ManualSteps)) or _torch_name(optimizer) is not None
 
 
@@ -48,8 +53,11 @@ def rule_for(optimizer: torch.optim.Optimizer, group: dict[str, Any], decoupled:
     not know decoupled (``w ← (1 − ηλ)w − ηU``)."""
     if isinstance(optimizer, LARS):
         return RULES["lars" if group.get("lars", True) else "sgd"]
-    if isinstance(optimizer, ManualSteps):  # watch.step(...): the declared rule, while the update follows it
+    if isinstance(optimizer, ManualSteps):  # watch.update(...): the declared rule, while the update follows it
         return RULES["decoupled" if group["decoupled"] else "sgd" if optimizer.matches else "unknown"]
+    owner = next((o for o in _inner(optimizer) if any(g is group for g in o.param_groups)), None)
+    if owner is not None:  # an optimizer made of others (Muon on the matrices, AdamW on the rest): the owner's
+        return rule_for(owner, group, decoupled)
     name = _torch_name(optimizer)
     if name in _ONE_RULE:
         return RULES[_ONE_RULE[name]]
@@ -87,6 +95,13 @@ def family_of(optimizer: torch.optim.Optimizer, decoupled: bool = False) -> str:
         return "lars"
     names = {rule_for(optimizer, group, decoupled).name for group in optimizer.param_groups}
     return names.pop() if len(names) == 1 else "mixed"
+
+
+def _inner(optimizer: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, ...]:
+    """The optimizers an optimizer is made of, when it lists them as ``optimizers`` and shares their param-group
+    dicts (its state is read for each group as the owner keeps it)."""
+    inner = getattr(optimizer, "optimizers", ())
+    return tuple(o for o in inner if isinstance(o, torch.optim.Optimizer)) if isinstance(inner, (list, tuple)) else ()
 
 
 def _torch_name(optimizer: torch.optim.Optimizer) -> str | None:
