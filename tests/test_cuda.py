@@ -126,3 +126,37 @@ def test_fused_statistics_equal_eager_ones_on_cuda(tmp_path, name, fused_optimiz
                     _step(model, opt, x.to(memory_format=torch.channels_last), y, dtype=torch.bfloat16)
         histories[fused] = watch.history
     assert_same_history(histories[True], histories[False], rel=1e-4, abs=1e-6)
+
+
+CAPTURABLE = {  # every torch.optim optimizer with a capturable variant (state steps, and lr, on the device)
+    "adam": lambda p, c: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-2, capturable=c),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05, capturable=c),
+    "nadam": lambda p, c: torch.optim.NAdam(p, lr=1e-3, weight_decay=1e-2, capturable=c),
+    "radam": lambda p, c: torch.optim.RAdam(p, lr=1e-3, weight_decay=1e-2, capturable=c),
+    "adamax": lambda p, c: torch.optim.Adamax(p, lr=1e-3, weight_decay=1e-2, capturable=c),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=1e-4, weight_decay=1e-2, momentum=0.9, capturable=c),
+    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=1.0, weight_decay=1e-2, capturable=c),
+    "asgd": lambda p, c: torch.optim.ASGD(p, lr=1e-2, weight_decay=1e-2, capturable=c),
+}
+
+
+@pytest.mark.parametrize("name", CAPTURABLE)
+def test_capturable_optimizers_record_what_their_plain_variant_does_without_syncing(tmp_path, name) -> None:
+    """capturable=True keeps the step count (and the bias corrections) on the device: the same metrics as the
+    plain variant, and the hooks read nothing back."""
+    histories = []
+    for capturable in (False, True):
+        model = _model()
+        opt = CAPTURABLE[name](model.parameters(), capturable)
+        batches = _batches(8)
+        with normwatch.attach(model, opt, logdir=str(tmp_path / str(capturable)), keep_history=True) as watch:
+            _step(model, opt, *batches[0])  # detection reads values back once
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error" if capturable else 0)
+            try:
+                for x, y in batches[1:]:
+                    _step(model, opt, x, y)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        histories.append(watch.history)
+    assert_same_history(histories[1], histories[0], rel=1e-4, abs=1e-6)
