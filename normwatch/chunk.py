@@ -22,7 +22,7 @@ NORMS = ("ww", "gg", "vv", "uu", "uwd2", "ug2", "tgg")  # per block: √ of the 
 DOTS = ("wg", "gv", "wu", "w_uwd", "u_uwd", "w_ug")
 PARTIALS = NORMS + DOTS
 ROW = {name: i for i, name in enumerate(PARTIALS)}
-SPLIT_ROWS = [ROW[name] for name in ("uwd2", "ug2", "w_uwd", "u_uwd", "w_ug")]
+SPLIT_ROWS = (slice(ROW["uwd2"], ROW["ug2"] + 1), slice(ROW["w_uwd"], ROW["w_ug"] + 1))  # 2 runs of rows
 
 
 def partials(hp: Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor,
@@ -61,8 +61,9 @@ def partials(hp: Hyper, w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, w_nex
     u = w_next.sub_(w)
     norm(u, "uu"), dot(w, u, "wu")
     decay = rule.decay(hp, w, v, state, spreads.__getitem__)
-    if decay is None:
-        out[SPLIT_ROWS] = math.nan
+    if decay is None:  # slices, not a list of rows: indexing with a list would copy an index from the host
+        for rows in SPLIT_ROWS:
+            out[rows] = math.nan
         return None
     if isinstance(decay, Decoupled):
         c = decay.coefficient
