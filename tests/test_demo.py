@@ -554,6 +554,26 @@ def test_the_sweep_is_an_hparams_experiment(smoke):
         assert end.status == 1  # STATUS_SUCCESS
 
 
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="needs chromium")
+def test_screenshot_script_shows_both_tabs_in_a_real_browser(smoke, tmp_path):
+    """docs/screenshot.py on a study: TensorBoard served, headless Chromium, two rendered tabs."""
+    from PIL import Image
+
+    out, _ = smoke
+    proc = subprocess.run([sys.executable, str(DEMO.parents[1] / "docs" / "screenshot.py"), str(out), "--out",
+                           str(tmp_path), "--wait-ms", "8000"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pixels = {}
+    for name in ("tensorboard.png", "tensorboard-hparams.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size == (1600, 1000)
+            rgb = image.convert("RGB")
+            pixels[name] = rgb.tobytes()
+            assert rgb.getpixel((5, 5)) == (245, 124, 0)  # TensorBoard's orange header: the page rendered
+            assert len(rgb.getcolors(maxcolors=1 << 24)) > 100  # charts and tables, not a blank page
+    assert pixels["tensorboard.png"] != pixels["tensorboard-hparams.png"]
+
+
 def test_time_left_hand_computed():
     assert demo.time_left(60.0, 100, 50) == "about 30 s left"  # 0.6 s per step × 50 steps
     assert demo.time_left(300.0, 100, 300) == "about 15 min left"  # 3 s × 300 = 900 s
