@@ -329,7 +329,6 @@ class DeviceData:
         return augment(self.train_x[perm], gen, cutout=cutout), self.train_y[perm]
 
 
-
 ##############################################################################################################
 #                                                   Model                                                    #
 ##############################################################################################################
@@ -394,7 +393,6 @@ def net(extra_layers=(), res_layers=("layer1", "layer3"), width: float = 1.0, ou
 def build(arch: str, width: float) -> nn.Sequential:
     spec = ARCHS[arch]
     return net(spec["extra_layers"], spec["res_layers"], width)
-
 
 
 ##############################################################################################################
@@ -716,7 +714,6 @@ def from_rank0(cfg: Config, work, *args):
     if cfg.world > 1:
         dist.broadcast_object_list(box, src=0)
     return box[0]
-
 
 
 ##############################################################################################################

@@ -195,7 +195,8 @@ def _figure_blocks(figures: list[FigureResult]) -> list[Block]:
     blocks: list[Block] = [
         Heading(2, "Figures"),
         Paragraph(
-            "One colour per layer; the grey band is the equilibrium window of the run shown. Noisy "
+            "One colour per layer (figures 5 and 7: one panel per layer); the grey band is the equilibrium "
+            "window of the run shown. Noisy "
             "series are drawn as a light raw trace under a centred moving average over "
             f"{SMOOTHING_FRACTION:.0%} of the logged steps."
         ),

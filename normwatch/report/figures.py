@@ -1,9 +1,11 @@
 r"""The seed's figures (1–8) and two more (9–10), drawn with matplotlib's Agg canvas.
 
-Every figure has the optimizer step on the x-axis (except 8) and one colour per layer; noisy
-per-step series are drawn as a light raw trace with a centred moving average over
-:func:`~normwatch.report.stats.smoothing_window` points on top; the grey band is the equilibrium
-window of the run shown. A figure whose data is absent returns a note instead of a file.
+Every figure has the optimizer step on the x-axis (except 8) and one colour per layer, with the
+legend right of the axes, where it covers no trace; figures 5 and 7, where every layer tracks the
+same prediction, draw one panel per layer instead. Noisy per-step series are drawn as a light raw
+trace with a centred moving average over :func:`~normwatch.report.stats.smoothing_window` points
+on top; the grey band is the equilibrium window of the run shown. A figure whose data is absent
+returns a note instead of a file.
 
 matplotlib is imported inside the functions (it is the optional ``normwatch[report]`` extra) and
 only through ``matplotlib.figure.Figure`` and the Agg canvas, so the caller's pyplot backend is
