@@ -22,10 +22,13 @@ w_t → w_t+1, and test/acc at t is measured after it. A sweep run measures accu
 session (architecture, peak η, seed) and one scalar, `sweep/test_acc`, its final test accuracy, so that
 TensorBoard's HParams tab shows the sweep and its other tabs only the three main runs.
 
-Measured, cpu preset (the default without CUDA), 2 CPU cores, torch 2.13.0+cpu, the JPEG CIFAR-10 copy from
-shared/data/make_cifar10.py: the whole study, 23 runs and the report, in 7 min 23 s wall time on an otherwise
-idle machine. Final test accuracy (1,000 test images): sgdm 0.780, sgd 0.762, lars 0.776; sweep (3 epochs
-each) 0.45–0.61. normwatch's report finds the equilibrium window at steps 840–1062 of sgdm and sgd.
+Measured, cpu preset (the default without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
+shared/data/make_cifar10.py (1,000 test images): the whole study, 23 runs and the report, took 7 min 23 s
+with torch 2.13.0+cpu on an idle machine (test acc sgdm 0.780, sgd 0.762, lars 0.776; sweep, 3 epochs each,
+0.45–0.61), and 45 min 16 s with OMP_NUM_THREADS=1 on one shared with other jobs (load 4–10; sgdm 0.783,
+sgd 0.766, lars 0.783). There torch's default two threads made an epoch 4–7× slower than one thread, and
+torch 2.14.1+cu130 was as fast as 2.13.0 within the spread (README, "The demo", has the table). normwatch's
+report finds the equilibrium window at steps 840–1062 of sgdm and sgd.
 Under `torchrun --nproc_per_node=2` on the same CPU (gloo, each process's BatchNorm over its 64 images),
 the sgdm part reached 0.772 in 82 s.
 Not measured yet: the full and quick presets and the whole CUDA path (bf16 autocast, channels_last,

@@ -3,8 +3,9 @@
     python demo/train_resnet.py                  # the study, runs/cpu on a machine without CUDA
     python docs/screenshot.py runs/cpu           # docs/tensorboard.png and docs/tensorboard-hparams.png
 
-Starts `tensorboard --logdir STUDY` on a free local port, waits until it lists every run of the study,
-then has headless Chromium (`apt-get install chromium`; another Chromium or Chrome with --chromium PATH)
+Starts `tensorboard --logdir STUDY` on a free local port, waits until it has read every run to its last
+step (TensorBoard reads event files in the background and draws whatever it has read), then has headless
+Chromium (`apt-get install chromium`; another Chromium or Chrome with --chromium PATH)
 screenshot the Custom Scalars tab (the seed's superimposed charts of the three main runs) and the HParams
 tab (the sweep: architecture, peak η, seed → test accuracy). Chromium's --virtual-time-budget lets the
 page run until its data has arrived before the screenshot is taken.
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -32,24 +34,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_count(study: Path) -> int:
-    """The runs TensorBoard will list: directories holding event files."""
-    return len({p.parent for p in study.rglob("events.out.tfevents.*")})
+def last_points(study: Path) -> dict[str, tuple[str, int]]:
+    """Per run (its path relative to the study, as TensorBoard names it), a scalar tag and the last step any
+    of its scalars reached: what TensorBoard must have read before the run is drawn whole."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    last = {}
+    for run_dir in sorted({p.parent for p in study.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        steps = {tag: acc.Scalars(tag)[-1].step for tag in acc.Tags()["scalars"]}
+        if steps:
+            tag = max(steps, key=steps.get)
+            last[run_dir.relative_to(study).as_posix()] = (tag, steps[tag])
+    return last
 
 
-def wait_for_runs(url: str, expected: int, timeout: float = 120.0) -> None:
-    """Poll TensorBoard's run list until it holds every run (it loads event files in the background)."""
-    deadline, listed = time.monotonic() + timeout, []
+def _get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+    except (OSError, ValueError):
+        return None
+
+
+def wait_until_read(url: str, last: dict[str, tuple[str, int]], timeout: float = 900.0) -> None:
+    """Poll TensorBoard until it has read every run to its last step (it reads event files in the background,
+    and draws what it has so far)."""
+    deadline, waiting = time.monotonic() + timeout, list(last)
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/data/runs", timeout=5) as response:
-                listed = json.load(response)
-        except OSError:
-            listed = []
-        if len(listed) >= expected:
+        waiting = []
+        for run, (tag, step) in last.items():
+            query = urllib.parse.urlencode({"run": run, "tag": tag})
+            points = _get(f"{url}/data/plugin/scalars/scalars?{query}") or []
+            if not points or points[-1][1] < step:
+                waiting.append(run)
+        if not waiting:
             return
-        time.sleep(1.0)
-    raise SystemExit(f"TensorBoard at {url} listed {len(listed)} of {expected} runs after {timeout:.0f} s.")
+        time.sleep(5.0)
+    raise SystemExit(f"TensorBoard at {url} had not read {', '.join(waiting)} after {timeout:.0f} s.")
 
 
 def screenshot(chromium: str, url: str, out: Path, width: int, height: int, wait_ms: int) -> None:
@@ -72,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.chromium:
         parser.error("no chromium on PATH: apt-get install chromium, or pass --chromium PATH")
-    runs = run_count(args.study)
-    if not runs:
-        parser.error(f"{args.study} holds no TensorBoard runs: run the demo first")
+    last = last_points(args.study)
+    if not last:
+        parser.error(f"{args.study} holds no TensorBoard scalars: run the demo first")
     width, height = (int(v) for v in args.size.split("x"))
     port = free_port()
     url = f"http://localhost:{port}"
@@ -82,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                "--load_fast", "false"]
     board = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_runs(url, runs)
+        wait_until_read(url, last)
         args.out.mkdir(parents=True, exist_ok=True)
         for tab, name in TABS.items():
             screenshot(args.chromium, f"{url}/?darkMode=false#{tab}", args.out / name, width, height, args.wait_ms)
