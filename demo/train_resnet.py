@@ -423,9 +423,9 @@ def sgd_equivalent(lr: float, weight_decay: float, momentum: float) -> tuple[flo
 
 
 def lars_lr(lr: float, weight_decay: float, momentum: float) -> float:
-    """η_LARS = √(2ηλ(1−μ)) (the seed's λ_LARS, its eq. 7; normwatch.theory.seed_lars_ratio): in equilibrium
-    SGD+momentum has η·|g|/|w| ≈ this on scale-invariant weights, so LARS with this lr should take the same
-    steps (the seed's conjecture)."""
+    """η_LARS = √(2ηλ(1−μ)), the seed's LARS learning rate (after its eq. 7), from
+    normwatch.theory.seed_lars_ratio: in equilibrium SGD+momentum has η·|g|/|w| ≈ this on scale-invariant
+    weights, so LARS with this lr should take the same steps (the seed's conjecture)."""
     return theory.seed_lars_ratio(lr, weight_decay, momentum)
 
 
