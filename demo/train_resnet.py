@@ -1,7 +1,7 @@
 """Myrtle's ResNet-9 on CIFAR-10 with normwatch attached: the study of "How to Train Your ResNet 6".
 
 One file, read top to bottom: Config → Data → Model → Optimizers and the study's hyperparameters →
-normwatch wiring, training and evaluation → Study → main.
+normwatch wiring, training and evaluation → Study → Command line.
 
     python demo/train_resnet.py                          # the whole study; the preset follows the hardware
     python demo/train_resnet.py --parts sgdm,lars        # some parts, of sgdm, sgd, lars, sweep
@@ -10,17 +10,25 @@ normwatch wiring, training and evaluation → Study → main.
     torchrun --nproc_per_node=4 demo/train_resnet.py     # DDP: each GPU a quarter of every batch of 512
     tensorboard --logdir runs/
 
-Each run is a TensorBoard run directory, runs/<study>/<part>/ or runs/<study>/sweep/<arch>-lr<peak>-s<seed>/,
-with normwatch's `normwatch/<metric>/<layer>` tags, `train/loss`, `train/acc`, `test/acc` (fractions), `lr`
-(the actual lr of the conv-weight group), the run's hyperparameters as the text `demo/config`, and
-config.json plus result.json (written last: it marks a finished run, which a rerun skips). The x axis is the
-0-based optimizer step, as normwatch's: the values at t belong to the update w_t → w_t+1, and test/acc at t
-is measured after it.
+Notation, as in normwatch: η the learning rate, λ the weight decay, μ the momentum. The seed (Myrtle's post)
+writes λ, α and ρ for these three.
 
-Measured, cpu preset (the default without CUDA), 2 CPU cores, torch 2.13.0+cpu, the JPEG CIFAR-10 copy from
-shared/data/make_cifar10.py: the whole study, 23 runs and the report, in 7 min 23 s wall time on an otherwise
-idle machine. Final test accuracy (1,000 test images): sgdm 0.780, sgd 0.762, lars 0.776; sweep (3 epochs
-each) 0.45–0.61. normwatch's report finds the equilibrium window at steps 840–1062 of sgdm and sgd.
+Each run is a TensorBoard run directory, runs/<study>/<part>/ or runs/<study>/sweep/<arch>-lr<peak>-s<seed>/,
+with config.json and result.json (written last: it marks a finished run, which a rerun skips). The three main
+runs (sgdm, sgd, lars) hold normwatch's `normwatch/<metric>/<layer>` tags, `train/loss`, `train/acc`,
+`test/acc` (fractions), `lr` (the actual lr of the conv-weight group) and the run's hyperparameters as the text
+`demo/config`. The x axis is the 0-based optimizer step, as normwatch's: the values at t belong to the update
+w_t → w_t+1, and test/acc at t is measured after it. A sweep run measures accuracy only: it holds an HParams
+session (architecture, peak η, seed) and one scalar, `sweep/test_acc`, its final test accuracy, so that
+TensorBoard's HParams tab shows the sweep and its other tabs only the three main runs.
+
+Measured, cpu preset (the default without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
+shared/data/make_cifar10.py (1,000 test images): the whole study, 23 runs and the report, took 7 min 23 s
+with torch 2.13.0+cpu on an idle machine (test acc sgdm 0.780, sgd 0.762, lars 0.776; sweep, 3 epochs each,
+0.45–0.61), and 45 min 16 s with OMP_NUM_THREADS=1 on one shared with other jobs (load 4–10; sgdm 0.783,
+sgd 0.766, lars 0.783). There torch's default two threads made an epoch 4–7× slower than one thread, and
+torch 2.14.1+cu130 was as fast as 2.13.0 within the spread (README, "The demo", has the table). normwatch's
+report finds the equilibrium window at steps 840–1062 of sgdm and sgd.
 Under `torchrun --nproc_per_node=2` on the same CPU (gloo, each process's BatchNorm over its 64 images),
 the sgdm part reached 0.772 in 82 s.
 Not measured yet: the full and quick presets and the whole CUDA path (bf16 autocast, channels_last,
@@ -44,6 +52,7 @@ import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -52,8 +61,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 import normwatch
+from normwatch import theory
 from normwatch.optim import LARS
 
 try:
@@ -74,6 +85,7 @@ class Config:
     parts: tuple[str, ...] = PARTS  # which parts of the study to run, in this order
     # data
     data_dir: str = "data"  # holds cifar-10-batches-py/ (or gets the official tarball extracted into it)
+    redownload: bool = False  # delete data_dir/cifar-10-batches-py first and extract or download it afresh
     subset: int = 0  # training images, a class-balanced prefix; 0 = all 50,000
     test_subset: int = 0  # test images, a class-balanced prefix; 0 = all 10,000
     # model
@@ -82,12 +94,12 @@ class Config:
     epochs: int = 24
     sweep_epochs: int = 0  # epochs of each sweep run; 0 = epochs
     batch_size: int = 512  # the last partial batch of an epoch is dropped, as Myrtle: 97 steps per epoch
-    peak_lr: float = 0.4  # lr is piecewise linear 0 → peak → 0, the peak at 5/24 of the run (epoch 5 of 24)
-    momentum: float = 0.9  # Nesterov
-    weight_decay: float = 5e-4  # L2 on every parameter (conv, BN scale and shift, classifier), as Myrtle
+    peak_lr: float = 0.4  # η is piecewise linear 0 → peak → 0, the peak at 5/24 of the run (epoch 5 of 24)
+    momentum: float = 0.9  # μ, Nesterov
+    weight_decay: float = 5e-4  # λ: L2 on every parameter (conv, BN scale and shift, classifier), as Myrtle
     cutout: int = 8  # side of the zeroed square, pixels
     # study
-    lrs: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)  # sweep grid of peak lrs: my choice, ×2 around 0.4
+    lrs: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)  # sweep grid of peak η: my choice, ×2 around 0.4
     archs: tuple[str, ...] = ("basic", "resnet9", "res_l1_l2_l3", "extra_l1_l2_l3")  # sweep architectures
     seeds: int = 3  # sweep repeats per point (seeds seed, seed+1, ...); the post averaged three
     seed: int = 0
@@ -107,11 +119,11 @@ class Config:
 
 # The cpu preset keeps the study's structure (all four parts, the whole sweep grid) and shrinks it to fit
 # in 10 minutes on 2 CPU cores: a 1/8-width net (8/16/32/64 channels) on a class-balanced subset. It keeps
-# the recipe's per-step dynamics: batch 128 with the same lr, weight decay and momentum (which is what
-# Myrtle's code, lr/batch_size on a summed loss and wd·batch_size, gives for batch_size=128) and 12,500
-# images, so an epoch is 97 steps as in the full recipe. Then η·λ per step, and so the time to weight-norm
-# equilibrium (≈125 steps at the peak), are the full recipe's, and parts 1–3 (20 epochs, 1,940 steps)
-# reach equilibrium, which batch 512 on a CPU budget would not. Each sweep run gets 3 epochs.
+# the recipe's per-step dynamics: batch 128 with the same η, λ and μ (which is what Myrtle's code, lr/batch_size
+# on a summed loss and wd·batch_size, gives for batch_size=128) and 12,500 images, so an epoch is 97 steps as
+# in the full recipe. Then ηλ per step, and so the time to weight-norm equilibrium (≈125 steps at the peak),
+# are the full recipe's, and parts 1–3 (20 epochs, 1,940 steps) reach equilibrium, which batch 512 on a CPU
+# budget would not. Each sweep run gets 3 epochs.
 # Accuracies say little about the full recipe's; the normwatch curves show the same mechanisms.
 PRESETS = {
     "full": dict(width=1.0, epochs=24, sweep_epochs=0, batch_size=512, subset=0, test_subset=0, seeds=3),
@@ -127,12 +139,12 @@ PRESETS = {
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the tarball; extracted batches are checked by shape
 CIFAR_DIR = "cifar-10-batches-py"
+TARBALL = "cifar-10-python.tar.gz"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 MEAN = (125.31, 122.95, 113.87)  # per channel, 0–255 scale (Myrtle's cifar10_mean, cifar10_std)
 STD = (62.99, 62.09, 66.70)
-FIX = "delete it and run again to re-download, or put a fresh extracted copy of the official tarball there"
 
 
 class DataError(RuntimeError):
@@ -153,16 +165,16 @@ def _md5(path: Path) -> str:
 
 def find_cifar10(data_dir: str | Path) -> Path:
     """The extracted batches: data_dir/cifar-10-batches-py, or data_dir itself if the batches are in it;
-    otherwise download the official tarball into data_dir, check its md5 and extract it there."""
+    otherwise download the official tarball into data_dir (unless it is there), check its md5 and extract it."""
     data_dir = Path(data_dir)
     if (data_dir / CIFAR_DIR).is_dir():
         return data_dir / CIFAR_DIR
     if (data_dir / TRAIN_FILES[0]).is_file():
         return data_dir
-    tarball = data_dir / "cifar-10-python.tar.gz"
+    tarball = data_dir / TARBALL
     if not tarball.is_file():
         print(f"downloading {CIFAR_URL} into {data_dir}/ (163 MB)")
-        partial = data_dir / "cifar-10-python.tar.gz.part"
+        partial = data_dir / f"{TARBALL}.part"
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             _download(CIFAR_URL, partial)
@@ -186,17 +198,42 @@ def find_cifar10(data_dir: str | Path) -> Path:
     return data_dir / CIFAR_DIR
 
 
+def discard_extracted(data_dir: str | Path) -> Path:
+    """--redownload: delete the extracted batches folder, data_dir/cifar-10-batches-py (or data_dir itself when
+    that is the folder), and return the folder find_cifar10 extracts a fresh copy into: from a tarball there
+    whose md5 is right, else downloaded."""
+    data_dir = Path(data_dir)
+    parent = data_dir.parent if data_dir.name == CIFAR_DIR else data_dir
+    folder = parent / CIFAR_DIR
+    if folder.is_dir():
+        shutil.rmtree(folder)
+        print(f"--redownload: deleted {folder}")
+    elif (data_dir / TRAIN_FILES[0]).is_file():
+        raise DataError(f"--redownload replaces only {folder}, but the batches lie directly in {data_dir}: "
+                        f"replace them by hand, or pass --data-dir with another folder.")
+    return parent
+
+
+def _fix(root: Path) -> str:
+    """The advice for a damaged copy of the batches in root."""
+    if root.name == CIFAR_DIR:
+        return (f"run again with --redownload, which deletes {root} and extracts a fresh copy (from "
+                f"{root.parent / TARBALL} if its md5 is right, else downloading it)")
+    return "replace it with the file of that name from a freshly extracted copy of the official tarball"
+
+
 def _read_batch(path: Path) -> dict:
     """One pickled batch with str keys (the official files are Python 2 pickles, whose str keys come back
     as bytes under encoding='bytes')."""
     if not path.is_file():
-        raise DataError(f"{path} is missing from the CIFAR-10 copy in {path.parent}: {FIX}.")
+        raise DataError(f"{path} is missing from the CIFAR-10 copy in {path.parent}: {_fix(path.parent)}.")
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     except Exception as e:
-        raise DataError(f"{path} is not a valid CIFAR-10 pickle ({type(e).__name__}: {e}): {FIX}.") from None
+        raise DataError(f"{path} is not a valid CIFAR-10 pickle ({type(e).__name__}: {e}): "
+                        f"{_fix(path.parent)}.") from None
 
 
 def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +247,7 @@ def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     elif y.size and (y.min() < 0 or y.max() > 9):
         problem = f"labels should lie in 0..9, not {y.min()}..{y.max()}"
     if problem:
-        raise DataError(f"{path} is not a valid CIFAR-10 batch ({problem}): {FIX}.")
+        raise DataError(f"{path} is not a valid CIFAR-10 batch ({problem}): {_fix(path.parent)}.")
     return x.reshape(-1, 3, 32, 32), y.astype(np.int64)  # a row is the R plane, G plane, B plane
 
 
@@ -220,13 +257,13 @@ def load_cifar10(data_dir: str | Path) -> dict:
     meta = _read_batch(root / META_FILE)
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("label_names", [])]
     if len(classes) != 10:
-        raise DataError(f"{root / META_FILE} should name 10 classes, not {len(classes)}: {FIX}.")
+        raise DataError(f"{root / META_FILE} should name 10 classes, not {len(classes)}: {_fix(root)}.")
     batches = [_images_and_labels(root / name) for name in TRAIN_FILES]
     x_train, y_train = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
     x_test, y_test = _images_and_labels(root / TEST_FILE)
     for split, y in (("training", y_train), ("test", y_test)):
         if len(np.unique(y)) != 10:
-            raise DataError(f"the {split} batches in {root} do not hold all 10 classes: {FIX}.")
+            raise DataError(f"the {split} batches in {root} do not hold all 10 classes: {_fix(root)}.")
     t = torch.from_numpy
     return dict(train=(t(x_train), t(y_train)), test=(t(x_test), t(y_test)), classes=classes, root=root)
 
@@ -239,8 +276,8 @@ def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
     for c in range(10):
         idx = torch.nonzero(labels == c).flatten()
         if len(idx) < per_class:
-            raise ValueError(f"Expected at least {per_class} images of class {c} for a subset of {n}, "
-                             f"but the data has {len(idx)}.")
+            raise ValueError(f"a class-balanced subset of {n} images needs at least {per_class} images of "
+                             f"class {c}, but the data has {len(idx)}: lower --subset or --test-subset.")
         picks.append(idx[:per_class])
     return torch.cat(picks).sort().values
 
@@ -367,28 +404,29 @@ def build(arch: str, width: float) -> nn.Sequential:
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Fraction of the peak lr that optimizer step `step` (1-based) uses: piecewise linear 0 → 1 → 0 at
+    """Fraction of the peak η that optimizer step `step` (1-based) uses: piecewise linear 0 → 1 → 0 at
     epochs 0, 5/24·epochs, epochs, read at step/steps_per_epoch (Myrtle counts a step before reading)."""
     return float(np.interp(step / steps_per_epoch, [0, epochs * 5 / 24, epochs], [0, 1, 0]))
 
 
 def sgd_equivalent(lr: float, weight_decay: float, momentum: float) -> tuple[float, float]:
-    """Peak lr and weight decay of SGD without momentum that match SGD+momentum (λ/(1−ρ) held fixed).
+    """Peak η and λ of SGD without momentum that match SGD+momentum (η/(1−μ) held fixed).
 
-    Momentum applies each gradient over many steps, with weights 1, ρ, ρ², … (Nesterov: 1+ρ, ρ², …): in
-    total 1/(1−ρ) times, and the same for the weight-decay term αw. So, summed, SGD+momentum moves w by
-    λ/(1−ρ)·g per gradient and shrinks it by λα/(1−ρ)·w per step. SGD with λ', α' does λ'·g and λ'α'·w.
-    The gradient step matches for λ' = λ/(1−ρ); the shrink λ'α' = λα/(1−ρ) then needs α' = α. The
-    scale-invariant step of SGD, √(2λ'α') (the seed's equation 6), is then √(2λα/(1−ρ)): the momentum
+    Momentum applies each gradient over many steps, with weights 1, μ, μ², … (Nesterov: 1+μ, μ², …): in
+    total 1/(1−μ) times, and the same for the weight-decay term λw. So, summed, SGD+momentum moves w by
+    η/(1−μ)·g per gradient and shrinks it by ηλ/(1−μ)·w per step. SGD with η', λ' does η'·g and η'λ'·w.
+    The gradient step matches for η' = η/(1−μ); the shrink η'λ' = ηλ/(1−μ) then needs λ' = λ. The
+    scale-invariant step of SGD, √(2η'λ') (the seed's equation 6), is then √(2ηλ/(1−μ)): the momentum
     run's, per the seed's last equation."""
     lr_sgd = lr / (1 - momentum)
     return lr_sgd, lr * weight_decay / (1 - momentum) / lr_sgd
 
 
 def lars_lr(lr: float, weight_decay: float, momentum: float) -> float:
-    """The seed's λ_LARS = √(2·λ·α·(1−ρ)): in equilibrium SGD+momentum has λ·|g|/|w| ≈ this on
-    scale-invariant weights, so LARS with this lr should take the same steps (the seed's conjecture)."""
-    return math.sqrt(2 * lr * weight_decay * (1 - momentum))
+    """η_LARS = √(2ηλ(1−μ)), the seed's LARS learning rate (after its eq. 7), from
+    normwatch.theory.seed_lars_ratio: in equilibrium SGD+momentum has η·|g|/|w| ≈ this on scale-invariant
+    weights, so LARS with this lr should take the same steps (the seed's conjecture)."""
+    return theory.seed_lars_ratio(lr, weight_decay, momentum)
 
 
 @dataclass
@@ -397,22 +435,27 @@ class Run:
     name: str
     arch: str
     optimizer: str  # sgd | lars
-    peak_lr: float  # of the plain schedule λ(t) (for lars: the λ(t) that λ_LARS(t) is derived from)
-    weight_decay: float
-    momentum: float
+    peak_lr: float  # of the plain schedule η(t) (for lars: the η(t) that η_LARS(t) is derived from)
+    weight_decay: float  # λ
+    momentum: float  # μ
     nesterov: bool
     seed: int
     epochs: int = 24
 
+    @property
+    def is_sweep(self) -> bool:
+        """A sweep run measures test accuracy only: no normwatch, no curves, an HParams session instead."""
+        return self.part == "sweep"
+
 
 def make_optimizer(model: nn.Module, run: Run, steps_per_epoch: int, epochs: int):
     """Two parameter groups: conv weights (scale-invariant under the BN after each: normwatch's subject)
-    and the rest (BN scales and shifts, the classifier). The loss is the batch mean, so lr 0.4 and wd 5e-4
+    and the rest (BN scales and shifts, the classifier). The loss is the batch mean, so η 0.4 and λ 5e-4
     equal Myrtle's lr 0.4/512 and wd 5e-4·512 on the summed loss exactly.
 
-    Departures from Myrtle: PyTorch's Nesterov keeps the lr outside the buffer (v = ρv + g + αw;
-    w -= lr·(g + αw + ρv)); Myrtle's later nesterov_update puts it inside (v = ρv − lr·(g + αw)). They
-    agree for a constant lr and differ slightly while it changes; Myrtle's 2018 code, which the post used,
+    Departures from Myrtle: PyTorch's Nesterov keeps η outside the buffer (v = μv + g + λw;
+    w -= η·(g + λw + μv)); Myrtle's later nesterov_update puts it inside (v = μv − η·(g + λw)). They
+    agree for a constant η and differ slightly while it changes; Myrtle's 2018 code, which the post used,
     called torch.optim.SGD(nesterov=True) as here. normwatch's LARS has heavy-ball momentum (no Nesterov),
     in both of its groups."""
     conv = [p for p in model.parameters() if p.ndim == 4]
@@ -422,8 +465,8 @@ def make_optimizer(model: nn.Module, run: Run, steps_per_epoch: int, epochs: int
         return lr_factor(s + 1, steps_per_epoch, epochs)
 
     if run.optimizer == "lars":
-        # conv weights: trust ratio |w|/|g + αw| and lr λ_LARS(t) = √(2·λ(t)·α·(1−ρ)) = λ_LARS(peak)·√factor;
-        # the rest: plain SGD with momentum (the `lars: False` group) on the recipe's λ(t).
+        # conv weights: trust ratio |w|/|g + λw| and lr η_LARS(t) = √(2·η(t)·λ·(1−μ)) = η_LARS(peak)·√factor;
+        # the rest: plain SGD with momentum (the `lars: False` group) on the recipe's η(t).
         groups = [dict(params=conv, lr=lars_lr(run.peak_lr, run.weight_decay, run.momentum)),
                   dict(params=rest, lr=run.peak_lr, lars=False)]
         opt = LARS(groups, lr=run.peak_lr, momentum=run.momentum, weight_decay=run.weight_decay)
@@ -490,104 +533,149 @@ def run_config(cfg: Config, run: Run, data: DeviceData) -> dict:
 MACHINE_KEYS = ("device", "compile", "fused_stats", "amp", "ranks", "torch", "normwatch")
 
 
+SWEEP_METRIC = "sweep/test_acc"  # a sweep run's one scalar: its final test accuracy, the HParams tab's metric
+
+
+def hparams_session(run: Run, archs: tuple[str, ...]):
+    """A sweep run's three HParams summaries: the experiment (hyperparameters arch, peak_lr, seed; metric
+    sweep/test_acc), the start of this run's session with its values, and the session's end."""
+    return hparams({"arch": run.arch, "peak_lr": run.peak_lr, "seed": run.seed}, {SWEEP_METRIC: None},
+                   hparam_domain_discrete={"arch": list(archs)})
+
+
+def open_run(cfg: Config, run: Run, conf: dict, run_dir: Path) -> SummaryWriter | None:
+    """Rank 0: the run directory with config.json, and its SummaryWriter holding the config as the text
+    `demo/config` (and, for a sweep run, the start of its HParams session); other ranks: None."""
+    if cfg.rank != 0:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(conf, indent=1))
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("demo/config", json.dumps(conf))
+    if run.is_sweep:
+        experiment, session_start, _ = hparams_session(run, cfg.archs)
+        writer.file_writer.add_summary(experiment)
+        writer.file_writer.add_summary(session_start)
+    return writer
+
+
+def end_session(writer: SummaryWriter, run: Run, test_acc: float, last_step: int) -> None:
+    """A finished sweep run: its final test accuracy and the end of its HParams session."""
+    writer.add_scalar(SWEEP_METRIC, test_acc, last_step)
+    writer.file_writer.add_summary(hparams_session(run, ())[2])
+
+
+def log_epoch(writer: SummaryWriter, first_step: int, losses: list, correct: list, lrs: list, test_acc: float,
+              batch_size: int) -> None:
+    """A main run's curves for one epoch: train/loss, train/acc and lr per step, test/acc after its last step."""
+    for k, (loss, hits, lr) in enumerate(zip(losses, correct, lrs)):
+        t = first_step + k  # 0-based step index, as normwatch's x axis
+        writer.add_scalar("train/loss", loss, t)
+        writer.add_scalar("train/acc", hits / batch_size, t)
+        writer.add_scalar("lr", lr, t)
+    writer.add_scalar("test/acc", test_acc, first_step + len(losses) - 1)  # measured after the epoch's last step
+
+
+def make_model(cfg: Config, run: Run, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The model (NHWC: faster convs) and the module the loop calls: the model itself, or under torchrun its
+    DDP wrapper (with SyncBatchNorm where BatchNorm normalises over the global batch)."""
+    model = build(run.arch, cfg.width).to(device, memory_format=torch.channels_last)
+    if cfg.world == 1:
+        return model, model
+    if global_bn(cfg):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def watch(cfg: Config, run: Run, forward: nn.Module, opt, writer: SummaryWriter | None):
+    """All of normwatch: attach to the module the loop calls and to the optimizer, close at the end. It writes
+    its normwatch/<metric>/<layer> tags into our writer, so each run is one TensorBoard run. A sweep run gets
+    none: the sweep compares test accuracies, and 20 more sets of per-layer curves would bury the main runs'."""
+    if run.is_sweep:
+        return None
+    return normwatch.attach(forward, opt, writer=writer, every=cfg.every, fused=cfg.fused_stats)
+
+
+def train_epoch(cfg: Config, forward: nn.Module, opt, sched, batches: tuple[torch.Tensor, torch.Tensor],
+                amp: bool, epoch: int, steps: int) -> tuple[list[float], list[float], list[float]]:
+    """`steps` optimizer steps on one epoch's batches: each step's loss, hits and η (under torchrun the global
+    batch's: the mean of the ranks' equal shares' mean losses, and the summed hits)."""
+    xs, ys = batches
+    share = cfg.batch_size // cfg.world  # this rank's images of each global batch
+    losses = torch.zeros(steps, device=ys.device)  # per-step values stay on the device
+    correct = torch.zeros(steps, device=ys.device)  # until the epoch ends: no sync per step
+    lrs, last_shown = [], time.perf_counter()
+    for i in range(steps):
+        first = i * cfg.batch_size + cfg.rank * share
+        x, y = xs[first:first + share].contiguous(memory_format=torch.channels_last), ys[first:first + share]
+        lrs.append(opt.param_groups[0]["lr"])  # the η this step uses
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):  # params, BN's too, stay fp32
+            logits = forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses[i] = loss.detach()
+        correct[i] = (logits.argmax(1) == y).sum()
+        if sys.stdout.isatty() and time.perf_counter() - last_shown > 0.5:  # a progress bar in slow epochs
+            last_shown, done = time.perf_counter(), (i + 1) * 30 // steps
+            print(f"\r{epoch:>5} [{'=' * done}{' ' * (30 - done)}] {i + 1}/{steps}", end="", flush=True)
+    if cfg.world > 1:
+        dist.all_reduce(losses)
+        losses /= cfg.world
+        dist.all_reduce(correct)
+    if sys.stdout.isatty():
+        print("\r" + " " * 50 + "\r", end="")
+    return losses.tolist(), correct.tolist(), lrs  # sync point, once per epoch
+
+
 def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
-    """One run: a fresh model, optimizer and SummaryWriter, with normwatch attached to that writer.
+    """One run: a fresh model, optimizer and SummaryWriter, with normwatch attached to that writer (main runs).
     Under torchrun: every rank draws the same shuffled, augmented epoch and trains DDP on its slice of each
     global batch; rank 0 alone writes."""
     device = torch.device(cfg.device)
     amp = device.type == "cuda"
     steps_per_epoch = len(data.train_y) // cfg.batch_size  # the last partial batch is dropped
-    if steps_per_epoch < 1:
-        raise ValueError(f"Expected at least one batch of {cfg.batch_size} images per epoch, but the "
-                         f"training set has {len(data.train_y)}: lower --batch-size or raise --subset.")
-    share = cfg.batch_size // cfg.world  # this rank's images of each global batch
-    conf = run_config(cfg, run, data)
-    writer = None
-    if cfg.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(conf, indent=1))
-        writer = SummaryWriter(str(run_dir))
-        writer.add_text("demo/config", json.dumps(conf))
-
+    writer = open_run(cfg, run, run_config(cfg, run, data), run_dir)
     torch.manual_seed(run.seed)  # the model's initial weights
     gen = torch.Generator(device=device).manual_seed(run.seed)  # shuffling and augmentation, alike on all ranks
-    model = build(run.arch, cfg.width).to(device, memory_format=torch.channels_last)  # NHWC: faster convs
-    forward = model
-    if cfg.world > 1:
-        if global_bn(cfg):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model, forward = make_model(cfg, run, device)
     opt, sched = make_optimizer(model, run, steps_per_epoch, run.epochs)
     forward = torch.compile(forward) if cfg.compile else forward
-    # All of normwatch: attach to the module the loop calls and to the optimizer, close at the end. It writes
-    # its normwatch/<metric>/<layer> tags into our writer, so each run is one TensorBoard run.
-    watch = normwatch.attach(forward, opt, writer=writer, every=cfg.every, fused=cfg.fused_stats)
-
-    print(f"== {run.part} {run.name}: {ARCHS[run.arch]['label']}, {run.optimizer}, peak lr {run.peak_lr:g}, "
-          f"wd {run.weight_decay:g}, momentum {run.momentum:g}{' Nesterov' if run.nesterov else ''}, "
-          f"seed {run.seed}")
-    print(f"{'epoch':>5} {'lr':>9} {'train s':>8} {'loss':>7} {'train acc':>9} {'test acc':>8} "
-          f"{'total s':>8}")
-    step, epoch, train_time, test_acc, t_start = 0, 0, 0.0, float("nan"), time.perf_counter()
-    show_progress = sys.stdout.isatty()
+    watcher = watch(cfg, run, forward, opt, writer)
+    print(f"== {run.part} {run.name}: {ARCHS[run.arch]['label']}, {run.optimizer}, peak η {run.peak_lr:g}, "
+          f"λ {run.weight_decay:g}, μ {run.momentum:g}{' Nesterov' if run.nesterov else ''}, seed {run.seed}")
+    print(f"{'epoch':>5} {'η':>9} {'train s':>8} {'loss':>7} {'train acc':>9} {'test acc':>8} {'total s':>8}")
+    step, epoch, train_time, test_acc, t_start = 0, 0, 0.0, math.nan, time.perf_counter()
     try:
         while epoch < run.epochs and not (cfg.max_steps and step >= cfg.max_steps):
             epoch += 1
-            t0 = last_shown = time.perf_counter()
-            xs, ys = data.epoch(gen, cfg.cutout)
-            losses = torch.zeros(steps_per_epoch, device=device)  # per-step values stay on the device
-            correct = torch.zeros(steps_per_epoch, device=device)  # until the epoch ends: no sync per step
-            lrs = []
-            for i in range(steps_per_epoch):
-                first = i * cfg.batch_size + cfg.rank * share
-                batch = slice(first, first + share)
-                x, y = xs[batch].contiguous(memory_format=torch.channels_last), ys[batch]
-                lrs.append(opt.param_groups[0]["lr"])  # the lr this step uses
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):  # params, BN's too, stay fp32
-                    logits = forward(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses[i] = loss.detach()
-                correct[i] = (logits.argmax(1) == y).sum()
-                step += 1
-                if show_progress and time.perf_counter() - last_shown > 0.5:  # a progress bar in slow epochs
-                    last_shown, done = time.perf_counter(), (i + 1) * 30 // steps_per_epoch
-                    bar = "=" * done + " " * (30 - done)
-                    print(f"\r{epoch:>5} [{bar}] {i + 1}/{steps_per_epoch}", end="", flush=True)
-                if cfg.max_steps and step >= cfg.max_steps:
-                    break
-            n = len(lrs)
-            if cfg.world > 1:  # the global batch's: mean of the ranks' equal shares' mean losses, summed hits
-                dist.all_reduce(losses)
-                losses /= cfg.world
-                dist.all_reduce(correct)
-            losses, correct = losses[:n].tolist(), correct[:n].tolist()  # sync point, once per epoch
+            steps = min(steps_per_epoch, cfg.max_steps - step) if cfg.max_steps else steps_per_epoch
+            t0 = time.perf_counter()
+            losses, correct, lrs = train_epoch(cfg, forward, opt, sched, data.epoch(gen, cfg.cutout), amp, epoch,
+                                               steps)
             train_time += time.perf_counter() - t0
             test_acc = evaluate(model, data.test_x, data.test_y, amp, cfg)  # eager: no recompile for eval mode
-            if writer:
-                for k, t in enumerate(range(step - n, step)):  # t: 0-based step index, as normwatch's x axis
-                    writer.add_scalar("train/loss", losses[k], t)
-                    writer.add_scalar("train/acc", correct[k] / cfg.batch_size, t)
-                    writer.add_scalar("lr", lrs[k], t)
-                writer.add_scalar("test/acc", test_acc, step - 1)  # measured after the epoch's last step
-            if show_progress:
-                print("\r" + " " * 50 + "\r", end="")
+            if writer and not run.is_sweep:
+                log_epoch(writer, step, losses, correct, lrs, test_acc, cfg.batch_size)
+            step += steps
             print(f"{epoch:>5} {lrs[-1]:>9.4g} {train_time:>8.2f} {np.mean(losses):>7.4f} "
-                  f"{sum(correct) / (n * cfg.batch_size):>9.4f} {test_acc:>8.4f} "
+                  f"{sum(correct) / (steps * cfg.batch_size):>9.4f} {test_acc:>8.4f} "
                   f"{time.perf_counter() - t_start:>8.2f}")
-        layers = list(watch.layers)
+        if writer and run.is_sweep:
+            end_session(writer, run, test_acc, step - 1)
+        layers = len(watcher.layers) if watcher else 0
     finally:
-        watch.close()
+        if watcher:
+            watcher.close()
         if writer:
             writer.close()
     result = dict(test_acc=test_acc, train_time_s=round(train_time, 3),
                   total_time_s=round(time.perf_counter() - t_start, 3), steps=step, epochs_done=epoch,
-                  normwatch_layers=len(layers))
-    print(f"   final test acc {test_acc:.4f}, train time {train_time:.1f} s; normwatch watched {len(layers)} "
-          f"scale-invariant layers")
+                  normwatch_layers=layers)
+    watched = f"; normwatch watched {layers} scale-invariant layers" if watcher else ""
+    print(f"   final test acc {test_acc:.4f}, train time {train_time:.1f} s{watched}")
     if cfg.rank == 0:
         (run_dir / "result.json").write_text(json.dumps(result, indent=1))  # written last: the run is finished
     return result
@@ -638,28 +726,43 @@ def from_rank0(cfg: Config, work, *args):
 
 def plan(cfg: Config) -> list[tuple[Run, Path]]:
     """Every run of the chosen parts, with its run directory, in order."""
-    lr, wd, rho, out = cfg.peak_lr, cfg.weight_decay, cfg.momentum, Path(cfg.out)
-    lr_sgd, wd_sgd = sgd_equivalent(lr, wd, rho)
+    lr, wd, mu, out = cfg.peak_lr, cfg.weight_decay, cfg.momentum, Path(cfg.out)
+    lr_sgd, wd_sgd = sgd_equivalent(lr, wd, mu)
     one = dict(arch="resnet9", seed=cfg.seed, epochs=cfg.epochs)
     sweep_epochs = cfg.sweep_epochs or cfg.epochs
     runs = []
     for part in cfg.parts:
         if part == "sgdm":
-            runs.append(Run("sgdm", "sgdm", optimizer="sgd", peak_lr=lr, weight_decay=wd, momentum=rho,
+            runs.append(Run("sgdm", "sgdm", optimizer="sgd", peak_lr=lr, weight_decay=wd, momentum=mu,
                             nesterov=True, **one))
         elif part == "sgd":
             runs.append(Run("sgd", "sgd", optimizer="sgd", peak_lr=lr_sgd, weight_decay=wd_sgd, momentum=0.0,
                             nesterov=False, **one))
         elif part == "lars":
-            runs.append(Run("lars", "lars", optimizer="lars", peak_lr=lr, weight_decay=wd, momentum=rho,
+            runs.append(Run("lars", "lars", optimizer="lars", peak_lr=lr, weight_decay=wd, momentum=mu,
                             nesterov=False, **one))
         elif part == "sweep":
             for arch in cfg.archs:
                 for peak in cfg.lrs:
                     for s in range(cfg.seed, cfg.seed + cfg.seeds):
-                        runs.append(Run("sweep", f"{arch}-lr{peak:g}-s{s}", arch, "sgd", peak, wd, rho,
+                        runs.append(Run("sweep", f"{arch}-lr{peak:g}-s{s}", arch, "sgd", peak, wd, mu,
                                         nesterov=True, seed=s, epochs=sweep_epochs))
-    return [(r, out / "sweep" / r.name if r.part == "sweep" else out / r.part) for r in runs]
+    return [(r, out / "sweep" / r.name if r.is_sweep else out / r.part) for r in runs]
+
+
+def planned_steps(run: Run, steps_per_epoch: int, max_steps: int) -> int:
+    """The optimizer steps a run will take: its epochs', or --max-steps if that is fewer."""
+    steps = run.epochs * steps_per_epoch
+    return min(steps, max_steps) if max_steps else steps
+
+
+def time_left(seconds: float, steps_done: int, steps_left: int) -> str:
+    """"about 9 min left": the steps still to train at the mean time per step of the runs trained so far
+    (evaluation included); rounded to minutes from 90 s on."""
+    if steps_left <= 0:
+        return "no runs left"
+    estimate = seconds / max(steps_done, 1) * steps_left
+    return f"about {round(estimate / 60)} min left" if estimate >= 90 else f"about {max(round(estimate), 1)} s left"
 
 
 def finished(run_dir: Path, expected: dict) -> dict | None:
@@ -681,19 +784,30 @@ def finished(run_dir: Path, expected: dict) -> dict | None:
 
 def explain(cfg: Config) -> None:
     """Print the derived hyperparameters of the sgd and lars parts, and why."""
-    lr, wd, rho = cfg.peak_lr, cfg.weight_decay, cfg.momentum
-    lr_sgd, wd_sgd = sgd_equivalent(lr, wd, rho)
+    lr, wd, mu = cfg.peak_lr, cfg.weight_decay, cfg.momentum
+    lr_sgd, wd_sgd = sgd_equivalent(lr, wd, mu)
     if "sgd" in cfg.parts:
-        print(f"sgd part: no momentum, peak lr {lr_sgd:g} = {lr:g}/(1−{rho:g}), weight decay {wd_sgd:g}. "
-              f"Momentum applies each gradient 1/(1−ρ) times in total, so this matches the sgdm run's "
-              f"gradient step, its weight-decay shrink per step (lr·wd = {lr_sgd * wd_sgd:.3g} = "
-              f"{lr:g}·{wd:g}/(1−{rho:g}) at the peak) and its scale-invariant step (√(2·lr·wd) = "
-              f"{math.sqrt(2 * lr_sgd * wd_sgd):.4f}): λ/(1−ρ) held fixed.")
+        print(f"sgd part: no momentum, peak η {lr_sgd:g} = {lr:g}/(1−{mu:g}), λ {wd_sgd:g}. Momentum applies "
+              f"each gradient 1/(1−μ) times in total, so this matches the sgdm run's gradient step, its "
+              f"weight-decay shrink per step (ηλ = {lr_sgd * wd_sgd:.3g} = {lr:g}·{wd:g}/(1−{mu:g}) at the peak) "
+              f"and its scale-invariant step (√(2ηλ) = {math.sqrt(2 * lr_sgd * wd_sgd):.4f}): η/(1−μ) held fixed.")
     if "lars" in cfg.parts:
-        print(f"lars part: conv weights use normwatch's LARS (trust ratio |w|/|g+αw|, heavy-ball momentum "
-              f"{rho:g}, wd {wd:g}) with lr √(2·λ(t)·α·(1−ρ)), {lars_lr(lr, wd, rho):.5f} at the peak: the "
-              f"value SGD+momentum's λ·|g|/|w| settles to. BN and classifier: momentum SGD on the "
-              f"recipe's λ(t).")
+        print(f"lars part: conv weights use normwatch's LARS (trust ratio |w|/|g+λw|, heavy-ball momentum "
+              f"μ {mu:g}, λ {wd:g}) with lr η_LARS(t) = √(2·η(t)·λ·(1−μ)), {lars_lr(lr, wd, mu):.5f} at the "
+              f"peak: the value SGD+momentum's η·|g|/|w| settles to. BN and classifier: momentum SGD on the "
+              f"recipe's η(t).")
+
+
+def load_data(cfg: Config) -> DeviceData:
+    """CIFAR-10 on the device (rank 0 alone deletes and downloads); DataError or ValueError say what to do."""
+    source = from_rank0(cfg, discard_extracted, cfg.data_dir) if cfg.redownload else cfg.data_dir
+    cifar = load_cifar10(from_rank0(cfg, find_cifar10, source))
+    data = DeviceData(cifar, torch.device(cfg.device), cfg.subset, cfg.test_subset)
+    if len(data.train_y) < cfg.batch_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is more than the {len(data.train_y)} training images, "
+                         f"so an epoch would have no step: lower --batch-size or raise --subset.")
+    print(f"CIFAR-10 from {cifar['root']}: {len(data.train_y)} training and {len(data.test_y)} test images")
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -717,26 +831,14 @@ def study(cfg: Config, why: str) -> int:
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     try:
-        root = from_rank0(cfg, find_cifar10, cfg.data_dir)  # rank 0 alone downloads
-        cifar = load_cifar10(root)
-    except DataError as e:
+        data = load_data(cfg)
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    data = DeviceData(cifar, torch.device(cfg.device), cfg.subset, cfg.test_subset)
-    print(f"CIFAR-10 from {cifar['root']}: {len(data.train_y)} training and {len(data.test_y)} test images")
     explain(cfg)
-
-    runs, results = plan(cfg), []
+    results = []
     try:
-        for k, (run, run_dir) in enumerate(runs, 1):
-            res = from_rank0(cfg, finished, run_dir, run_config(cfg, run, data))
-            if res is None:
-                print(f"\n[{k}/{len(runs)}] {run_dir}")
-                res = train(cfg, run, data, run_dir)
-            else:
-                print(f"[{k}/{len(runs)}] {run_dir}: finished before, test acc {res['test_acc']:.4f}: "
-                      f"skipped")
-            results.append((run, run_dir, res))
+        run_all(cfg, data, results)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the {len(results)} finished runs stay in {cfg.out}; the same command goes on "
               f"from there")
@@ -747,15 +849,38 @@ def study(cfg: Config, why: str) -> int:
     return 0
 
 
+def run_all(cfg: Config, data: DeviceData, results: list) -> None:
+    """Train each planned run not finished before, in order, appending (run, run_dir, result) to results, and
+    after each one print a progress line with the time left."""
+    runs = plan(cfg)
+    steps_per_epoch = len(data.train_y) // cfg.batch_size
+    earlier = [from_rank0(cfg, finished, run_dir, run_config(cfg, run, data)) for run, run_dir in runs]
+    steps_left = sum(planned_steps(run, steps_per_epoch, cfg.max_steps)
+                     for (run, _), res in zip(runs, earlier) if res is None)
+    seconds, steps_done = 0.0, 0
+    for k, ((run, run_dir), res) in enumerate(zip(runs, earlier), 1):
+        where = f"[{k}/{len(runs)}] {run_dir}"
+        if res is not None:
+            print(f"{where}: finished before, test acc {res['test_acc']:.4f}: skipped")
+        else:
+            print(f"\n{where}")
+            res = train(cfg, run, data, run_dir)
+            seconds, steps_done = seconds + res["total_time_s"], steps_done + res["steps"]
+            steps_left -= planned_steps(run, steps_per_epoch, cfg.max_steps)
+            print(f"{where}: test acc {res['test_acc']:.4f} in {res['total_time_s']:.0f} s; "
+                  f"{time_left(seconds, steps_done, steps_left)}")
+        results.append((run, run_dir, res))
+
+
 def summarise(cfg: Config, results: list, wall: float) -> None:
     print(f"\n== study {cfg.out}: {len(results)} runs in {wall:.0f} s")
     for run, _, res in results:
-        if run.part != "sweep":
+        if not run.is_sweep:
             print(f"{run.part:>5}: test acc {res['test_acc']:.4f} (train time {res['train_time_s']:.1f} s)")
-    sweep = [(run, res) for run, _, res in results if run.part == "sweep"]
+    sweep = [(run, res) for run, _, res in results if run.is_sweep]
     if sweep:
-        print(f"sweep: test acc against peak lr, mean of {cfg.seeds} seed(s)")
-        print(f"{'peak lr':>27}" + "".join(f"{lr:>8g}" for lr in cfg.lrs))
+        print(f"sweep: test acc against peak η, mean of {cfg.seeds} seed(s)")
+        print(f"{'peak η':>27}" + "".join(f"{lr:>8g}" for lr in cfg.lrs))
         for arch in cfg.archs:
             cells = []
             for lr in cfg.lrs:
@@ -773,35 +898,110 @@ def report(cfg: Config, run_dirs: list[Path]) -> None:
     except ImportError as e:
         print(f"report: skipped, it needs a missing package ({e}): pip install 'normwatch[report]'")
         return
-    print(f"report: {path}")
+    except ValueError as e:  # no run it can judge
+        print(f"report: skipped: {e}")
+        return
+    print(f"report: {path.with_name('report.html')} (also report.md and verdicts.json there)")
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, str]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+##############################################################################################################
+#                                                Command line                                                #
+##############################################################################################################
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that says what is wrong with a command line in one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def whole(minimum: int):
+    """An argparse type: a whole number ≥ minimum."""
+    def parse(text: str) -> int:
+        with contextlib.suppress(ValueError):
+            if int(text) >= minimum:
+                return int(text)
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ {minimum}, got {text!r}")
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    with contextlib.suppress(ValueError):
+        if math.isfinite(float(text)) and float(text) > 0:
+            return float(text)
+    raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+
+
+def peak_lrs(text: str) -> tuple[float, ...]:
+    """An argparse type: distinct positive numbers separated by commas."""
+    lrs = []
+    for item in text.split(","):
+        try:
+            lrs.append(positive(item))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a number > 0: give peak learning rates "
+                                             f"separated by commas, e.g. 0.1,0.2,0.4") from None
+    if len(set(lrs)) < len(lrs):
+        raise argparse.ArgumentTypeError(f"{text!r} names a learning rate twice")
+    return tuple(lrs)
+
+
+def names(allowed, what: str):
+    """An argparse type: comma-separated names, each one of allowed."""
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(s for s in text.split(",") if s)
+        unknown = [s for s in chosen if s not in allowed]
+        if unknown or not chosen:
+            got = f"unknown {what} {', '.join(map(repr, unknown))}" if unknown else f"no {what} in {text!r}"
+            raise argparse.ArgumentTypeError(f"{got}: pick from {','.join(allowed)}")
+        return chosen
+    return parse
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a device torch knows (cpu, cuda, cuda:1, ...)."""
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device torch knows: use cpu or cuda") from None
+    return text
+
+
+def _parser() -> Parser:
+    p = Parser(prog="train_resnet.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), help="default: full with CUDA, cpu without")
-    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated, of " + ",".join(PARTS))
-    p.add_argument("--data-dir", default=Config.data_dir, help="holds cifar-10-batches-py (default data)")
+    p.add_argument("--parts", type=names(PARTS, "part"), default=PARTS, help="comma-separated, of " + ",".join(PARTS))
+    p.add_argument("--data-dir", help="holds cifar-10-batches-py (default data, where it is downloaded if missing)")
+    p.add_argument("--redownload", action="store_true",
+                   help="delete <data-dir>/cifar-10-batches-py and extract or download a fresh copy")
     p.add_argument("--out", help="study directory (default runs/<preset>)")
-    p.add_argument("--device", help="default: cuda if available, else cpu")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--sweep-epochs", type=int, help="epochs of each sweep run")
-    p.add_argument("--width", type=float, help="channel multiplier (1 = ResNet-9's 64/128/256/512)")
-    p.add_argument("--subset", type=int, help="class-balanced number of training images (0 = all)")
-    p.add_argument("--test-subset", type=int, help="class-balanced number of test images (0 = all)")
-    p.add_argument("--seeds", type=int, help="sweep repeats per point")
-    p.add_argument("--seed", type=int, default=Config.seed)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lrs", help="sweep grid of peak lrs, comma-separated (default 0.1,0.2,0.4,0.8,1.6)")
-    p.add_argument("--archs", help="sweep architectures, comma-separated, of " + ",".join(ARCHS))
-    p.add_argument("--every", type=int, default=Config.every, help="normwatch statistics every N steps")
-    p.add_argument("--max-steps", type=int, default=0, help="stop each run after N optimizer steps")
+    p.add_argument("--device", type=device_name, help="default: cuda if available, else cpu")
+    p.add_argument("--epochs", type=whole(1))
+    p.add_argument("--sweep-epochs", type=whole(0), help="epochs of each sweep run (0: --epochs)")
+    p.add_argument("--width", type=positive, help="channel multiplier (1 = ResNet-9's 64/128/256/512)")
+    p.add_argument("--subset", type=whole(0), help="class-balanced number of training images (0 = all)")
+    p.add_argument("--test-subset", type=whole(0), help="class-balanced number of test images (0 = all)")
+    p.add_argument("--seeds", type=whole(1), help="sweep repeats per point")
+    p.add_argument("--seed", type=whole(0), default=Config.seed)
+    p.add_argument("--batch-size", type=whole(1))
+    p.add_argument("--lrs", type=peak_lrs, help="sweep grid of peak η, comma-separated (default 0.1,0.2,0.4,0.8,1.6)")
+    p.add_argument("--archs", type=names(tuple(ARCHS), "architecture"), default=Config.archs,
+                   help="sweep architectures, comma-separated, of " + ",".join(ARCHS))
+    p.add_argument("--every", type=whole(1), default=Config.every, help="normwatch statistics every N steps")
+    p.add_argument("--max-steps", type=whole(0), default=0, help="stop each run after N optimizer steps (0: no limit)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fused-stats", action="store_true", help="normwatch's statistics through torch.compile")
     p.add_argument("--no-sync-bn", action="store_true",
                    help="under torchrun on CUDA: each process's BatchNorm normalises over its own images")
     p.add_argument("--no-report", action="store_true", help="do not render normwatch's report")
-    a = p.parse_args(argv)
+    return p
 
+
+def parse_args(argv: list[str] | None) -> tuple[Config, str]:
+    p = _parser()
+    a = p.parse_args(argv)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {device} was asked for, but torch sees no CUDA device")
@@ -811,22 +1011,19 @@ def parse_args(argv: list[str] | None) -> tuple[Config, str]:
         preset, why = "full", f"the default on CUDA: {torch.cuda.get_device_name(device)}"
     else:
         preset, why = "cpu", "the default without CUDA: a narrow net on a subset; --preset full overrides"
-    parts = tuple(s for s in a.parts.split(",") if s)
-    archs = tuple(s for s in (a.archs or "").split(",") if s) or Config.archs
-    unknown = [s for s in parts if s not in PARTS] + [s for s in archs if s not in ARCHS]
-    if unknown:
-        p.error(f"unknown part or architecture: {', '.join(unknown)}")
-    cfg = Config(preset=preset, parts=parts, archs=archs, data_dir=a.data_dir,
-                 device=device, compile=a.compile, seed=a.seed,
-                 every=a.every, max_steps=a.max_steps, report=not a.no_report, sync_bn=not a.no_sync_bn,
-                 fused_stats=a.fused_stats,
+    data_dir, out = Path(a.data_dir or Config.data_dir), Path(a.out or f"runs/{preset}")
+    if not data_dir.is_dir() and data_dir != Path(Config.data_dir):
+        p.error(f"--data-dir {data_dir} is not a folder: pass the folder that holds {CIFAR_DIR}, or leave "
+                f"--data-dir out to use {Config.data_dir}/ (where CIFAR-10 is downloaded if missing)")
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file: pass a folder for the study (it is created if missing)")
+    cfg = Config(preset=preset, parts=a.parts, archs=a.archs, data_dir=str(data_dir), redownload=a.redownload,
+                 device=device, compile=a.compile, seed=a.seed, every=a.every, max_steps=a.max_steps,
+                 report=not a.no_report, sync_bn=not a.no_sync_bn, fused_stats=a.fused_stats, out=str(out),
                  **PRESETS[preset])
-    for field in ("epochs", "sweep_epochs", "batch_size", "width", "subset", "test_subset", "seeds"):
+    for field in ("epochs", "sweep_epochs", "batch_size", "width", "subset", "test_subset", "seeds", "lrs"):
         if getattr(a, field) is not None:
             setattr(cfg, field, getattr(a, field))
-    if a.lrs:
-        cfg.lrs = tuple(float(s) for s in a.lrs.split(","))
-    cfg.out = a.out or f"runs/{preset}"
     return cfg, why
 
 

@@ -1,8 +1,8 @@
 """Writing to TensorBoard off the training thread: the custom-scalars layout, the writer thread, failures.
 
-Tags are ``normwatch/<metric>/<layer>`` (:mod:`normwatch.metrics` lists every metric with its formula). The
-custom-scalars layout puts the seed's superimposed charts one click away: per layer shrink vs growth,
-lars_ratio vs lars_theory and angle vs angle_theory, and one chart per metric with all layers.
+Tags are ``normwatch/<metric>/<layer>`` (``<layer>`` the module's qualified name; :mod:`normwatch.metrics`
+lists every metric with its formula). The custom-scalars layout puts the seed's superimposed charts one click
+away: per layer shrink vs growth, lars_ratio vs lars_theory and angle vs angle_theory.
 """
 
 from __future__ import annotations
@@ -20,21 +20,26 @@ from normwatch import metrics
 from normwatch.records import Batch, Point, Recorder, warn_from_thread
 
 PAIRS = metrics.charts()  # per-layer charts: title → the metrics they superimpose
-PER_METRIC = metrics.names("measured", "split", "theory")  # one chart each, all layers
 Scalar = tuple[str, float, int, float]  # (tag, value, step, walltime), as add_scalar takes them
 
 
 def custom_layout(layers: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
-    """The ``add_custom_scalars`` layout: entries are regexes matched with ``re.match`` by TensorBoard."""
-    per_layer = {
+    """The ``add_custom_scalars`` layout: one category per layer, ``normwatch: <layer>``, holding the seed's
+    superimposed charts (:data:`PAIRS`: shrink vs growth, lars_ratio vs lars_theory, angle vs angle_theory).
+
+    TensorBoard matches a chart's regexes (``re.match``) against the tags of every run shown, so each chart
+    draws two lines per run: six for the demo's three main runs, within the README's bound of 8 lines per
+    chart. A chart of one metric over all layers would draw layers × runs lines (24 for the demo's ResNet-9),
+    so there is none: the Scalars tab has one chart per ``normwatch/<metric>/<layer>`` with a line per run,
+    and ``normwatch report`` draws each metric over the layers of one run.
+    """
+    return {
         f"normwatch: {layer}": {
             title: ["Multiline", [f"^normwatch/({'|'.join(pair)})/{re.escape(layer)}$"]]
             for title, pair in PAIRS.items()
         }
         for layer in layers
     }
-    all_layers = {metric: ["Multiline", [f"^{re.escape(metrics.tag(metric, ''))}"]] for metric in PER_METRIC}
-    return {"normwatch: all layers": all_layers, **per_layer}
 
 
 @dataclass(frozen=True)

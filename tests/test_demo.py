@@ -9,6 +9,8 @@ import json
 import math
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -290,6 +292,53 @@ def test_download_checks_md5_then_extracts(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+def test_a_damaged_copy_says_run_with_redownload_and_that_works(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "src"
+    write_fake_cifar(src)
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setattr(demo, "CIFAR_MD5", _tarball_of(src, data / "cifar-10-python.tar.gz"))
+    downloads = []
+    monkeypatch.setattr(demo, "_download", lambda url, dest: downloads.append(
+        Path(dest).write_bytes((tmp_path / "kept.tar.gz").read_bytes())))
+    shutil.copy(data / "cifar-10-python.tar.gz", tmp_path / "kept.tar.gz")
+    args = [*SMOKE, "--parts", "sgdm", "--data-dir", str(data), "--out", str(tmp_path / "runs")]
+    assert demo.main(args) == 0  # extracts the tarball
+    batch3 = data / "cifar-10-batches-py" / "data_batch_3"
+    original = batch3.read_bytes()
+    truncated = "is not a valid CIFAR-10 pickle (UnpicklingError: pickle data was truncated)"
+    for damage, says in ((lambda: batch3.write_bytes(original[:1000]), truncated),
+                         (batch3.unlink, "is missing from the CIFAR-10 copy")):
+        damage()
+        capsys.readouterr()
+        assert demo.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {batch3} {says}") and err.count("\n") == 1
+        assert f"run again with --redownload, which deletes {batch3.parent} and extracts a fresh copy" in err
+        assert demo.main([*args, "--redownload"]) == 0  # the advice works: from the tarball, no download
+        assert f"--redownload: deleted {batch3.parent}" in capsys.readouterr().out
+        assert batch3.read_bytes() == original and downloads == []
+    (data / "cifar-10-python.tar.gz").unlink()
+    batch3.write_bytes(b"")
+    assert demo.main([*args, "--redownload"]) == 0  # no tarball: it is downloaded
+    assert batch3.read_bytes() == original and len(downloads) == 1
+
+
+def test_batches_directly_in_the_data_dir_are_not_deleted(tmp_path, capsys):
+    root = write_fake_cifar(tmp_path)
+    loose = tmp_path / "loose"
+    shutil.copytree(root, loose)
+    (loose / "test_batch").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(demo.DataError, match="replace it with the file of that name from a freshly extracted"):
+        demo.load_cifar10(loose)
+    args = [*SMOKE, "--data-dir", str(loose), "--out", str(tmp_path / "runs"), "--redownload"]
+    assert demo.main(args) == 2
+    assert capsys.readouterr().err == (f"error: --redownload replaces only {loose / 'cifar-10-batches-py'}, but the "
+                                       f"batches lie directly in {loose}: replace them by hand, or pass --data-dir "
+                                       "with another folder.\n")
+    assert (loose / "data_batch_1").is_file()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Schedule and the study's hyperparameters
 # ---------------------------------------------------------------------------------------------------------
@@ -391,24 +440,160 @@ def smoke(fake_data, tmp_path_factory):
 
 def test_smoke_run_writes_every_run(smoke):
     out, _ = smoke
-    dirs = [out / "sgdm", out / "sgd", out / "lars"] + [out / "sweep" / name for name in SWEEP]
-    assert sorted(p for p in out.rglob("result.json")) == sorted(d / "result.json" for d in dirs)
-    for d in dirs:
+    main = [out / "sgdm", out / "sgd", out / "lars"]
+    sweep = [out / "sweep" / name for name in SWEEP]
+    assert sorted(p for p in out.rglob("result.json")) == sorted(d / "result.json" for d in main + sweep)
+    for d in main + sweep:
         result, config = json.loads((d / "result.json").read_text()), json.loads((d / "config.json").read_text())
-        assert result["steps"] == 2 and 0 <= result["test_acc"] <= 1 and result["normwatch_layers"] > 0
+        assert result["steps"] == 2 and 0 <= result["test_acc"] <= 1
+        acc = _events(d)
+        text = acc.Tensors("demo/config/text_summary")[0].tensor_proto.string_val[0].decode()
+        assert json.loads(text) == config
+        assert config["steps_per_epoch"] == 4 and config["train_images"] == 100 and config["test_images"] == 40
+    for d in main:
         acc = _events(d)
         scalars = acc.Tags()["scalars"]
+        assert json.loads((d / "result.json").read_text())["normwatch_layers"] == 8
         assert [e.step for e in acc.Scalars("train/loss")] == [0, 1]  # 0-based, as normwatch's steps
         assert {"train/acc", "test/acc", "lr"} <= set(scalars)
         normwatch_tags = [t for t in scalars if t.startswith("normwatch/")]
         assert normwatch_tags and acc.Scalars(normwatch_tags[0])[-1].step == 1
         assert [e.step for e in acc.Scalars("test/acc")] == [1]
+        result = json.loads((d / "result.json").read_text())
         assert acc.Scalars("test/acc")[-1].value == pytest.approx(result["test_acc"])
-        text = acc.Tensors("demo/config/text_summary")[0].tensor_proto.string_val[0].decode()
-        assert json.loads(text) == config
-        assert config["steps_per_epoch"] == 4 and config["train_images"] == 100 and config["test_images"] == 40
+    for d in sweep:  # accuracy only: one scalar, no normwatch
+        acc = _events(d)
+        result = json.loads((d / "result.json").read_text())
+        assert result["normwatch_layers"] == 0 and acc.Tags()["scalars"] == ["sweep/test_acc"]
+        assert [(e.step, e.value) for e in acc.Scalars("sweep/test_acc")] == [(1, pytest.approx(result["test_acc"]))]
     first_lr = 0.4 * np.interp(1 / 4, [0, 2 * 5 / 24, 2], [0, 1, 0])
     assert _events(out / "sgdm").Scalars("lr")[0].value == pytest.approx(first_lr, rel=1e-6)
+
+
+# What `tensorboard --logdir <study>` draws, read back the way TensorBoard reads it.
+LINES_PER_CHART = 8  # the README's bound: no chart draws more lines than this
+
+
+def _tensorboard_charts(study: Path) -> dict[str, list[tuple[str, str, int]]]:
+    """Every chart TensorBoard draws for a study directory, as (run, tag, points) per series. Scalars (and Time
+    Series): one chart per scalar tag, one series per run holding it. Custom Scalars: the runs' layouts merged
+    by category title as the plugin's layout_impl does, one series per (run, tag) whose tag re.match-es one
+    of a Multiline chart's regexes, in every run (the plugin's scalars_impl)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    runs, charts, seen = {}, {}, set()
+    for d in sorted({p.parent for p in study.rglob("events.out.tfevents.*")}):
+        acc = _events(d)
+        runs[d.relative_to(study).as_posix()] = (acc, {t: len(acc.Scalars(t)) for t in acc.Tags()["scalars"]})
+    for name, (_, tags) in runs.items():
+        for tag, points in tags.items():
+            charts.setdefault(f"Scalars: {tag}", []).append((name, tag, points))
+    for acc, _ in runs.values():
+        if "custom_scalars__config__" not in acc.Tags()["tensors"]:
+            continue
+        layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+        for category in layout.category:
+            for chart in category.chart:
+                if (category.title, chart.SerializeToString()) in seen:
+                    continue
+                seen.add((category.title, chart.SerializeToString()))
+                charts[f"Custom Scalars: {category.title} / {chart.title}"] = [
+                    (name, tag, points) for name, (_, tags) in runs.items() for tag, points in tags.items()
+                    if any(re.match(regex, tag) for regex in chart.multiline.tag)]
+    return charts
+
+
+def test_custom_layout_pairs_each_layers_metrics_and_nothing_else():
+    from normwatch.tensorboard import custom_layout
+
+    layout = custom_layout(["layer1.conv", "layer1"])
+    assert list(layout) == ["normwatch: layer1.conv", "normwatch: layer1"]
+    tags = [f"normwatch/{m}/{layer}" for m in ("shrink", "growth", "lars_ratio", "lars_theory", "angle",
+                                               "angle_theory", "cos_wg", "w_norm2") for layer in
+            ("layer1.conv", "layer1", "layer1xconv", "layer1.conv.x")]
+    charts = layout["normwatch: layer1"]
+    matched = {title: [t for t in tags if re.match(chart[1][0], t)] for title, chart in charts.items()}
+    assert matched == {"shrink vs growth": ["normwatch/shrink/layer1", "normwatch/growth/layer1"],
+                       "lars_ratio vs lars_theory": ["normwatch/lars_ratio/layer1", "normwatch/lars_theory/layer1"],
+                       "angle vs angle_theory": ["normwatch/angle/layer1", "normwatch/angle_theory/layer1"]}
+
+
+def test_the_study_in_tensorboard_has_no_chart_with_more_lines_than_the_bound(smoke):
+    """Lines are series of two or more points; the one chart with more series than the bound is the HParams
+    metric, one point per sweep run (read in the HParams tab)."""
+    out, _ = smoke
+    charts = _tensorboard_charts(out)
+    custom = {title: series for title, series in charts.items() if title.startswith("Custom Scalars")}
+    assert len(custom) == 8 * 3  # ResNet-9's eight conv layers × the seed's three superimposed charts
+    assert all(len(series) == 6 for series in custom.values())  # 2 tags × the 3 main runs
+    for title, series in charts.items():
+        lines = [s for s in series if s[2] >= 2]
+        assert len(lines) <= LINES_PER_CHART, (title, len(lines))
+        if len(series) > LINES_PER_CHART:
+            assert title == "Scalars: sweep/test_acc" and all(points == 1 for _, _, points in series)
+    assert {name for name, _, _ in charts["Scalars: train/loss"]} == {"sgdm", "sgd", "lars"}
+    assert len(charts["Scalars: sweep/test_acc"]) == len(SWEEP)
+
+
+def test_the_sweep_is_an_hparams_experiment(smoke):
+    from tensorboard.plugins.hparams import metadata
+
+    out, _ = smoke
+    for name in SWEEP:
+        acc = _events(out / "sweep" / name)
+        plugin = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        assert set(plugin) == {metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
+        experiment = metadata.parse_experiment_plugin_data(plugin[metadata.EXPERIMENT_TAG])
+        assert [m.name.tag for m in experiment.metric_infos] == ["sweep/test_acc"]
+        assert {h.name for h in experiment.hparam_infos} == {"arch", "peak_lr", "seed"}
+        start = metadata.parse_session_start_info_plugin_data(plugin[metadata.SESSION_START_INFO_TAG])
+        arch, lr = name.split("-lr")[0], float(name.split("-lr")[1].split("-s")[0])
+        assert (start.hparams["arch"].string_value, start.hparams["peak_lr"].number_value,
+                start.hparams["seed"].number_value) == (arch, lr, 0)
+        end = metadata.parse_session_end_info_plugin_data(plugin[metadata.SESSION_END_INFO_TAG])
+        assert end.status == 1  # STATUS_SUCCESS
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="needs chromium")
+def test_screenshot_script_shows_both_tabs_in_a_real_browser(smoke, tmp_path):
+    """docs/screenshot.py on a study: TensorBoard served, headless Chromium, two rendered tabs."""
+    from PIL import Image
+
+    out, _ = smoke
+    proc = subprocess.run([sys.executable, str(DEMO.parents[1] / "docs" / "screenshot.py"), str(out), "--out",
+                           str(tmp_path), "--wait-ms", "8000"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pixels = {}
+    for name in ("tensorboard.png", "tensorboard-hparams.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size == (1600, 1000)
+            rgb = image.convert("RGB")
+            pixels[name] = rgb.tobytes()
+            assert rgb.getpixel((5, 5)) == (245, 124, 0)  # TensorBoard's orange header: the page rendered
+            assert len(rgb.getcolors(maxcolors=1 << 24)) > 100  # charts and tables, not a blank page
+    assert pixels["tensorboard.png"] != pixels["tensorboard-hparams.png"]
+
+
+def test_time_left_hand_computed():
+    assert demo.time_left(60.0, 100, 50) == "about 30 s left"  # 0.6 s per step × 50 steps
+    assert demo.time_left(300.0, 100, 300) == "about 15 min left"  # 3 s × 300 = 900 s
+    assert demo.time_left(1.0, 1000, 10) == "about 1 s left"
+    assert demo.time_left(5.0, 10, 0) == "no runs left"
+    run = demo.Run("sweep", "x", "basic", "sgd", 0.4, 5e-4, 0.9, True, 0, epochs=3)
+    assert demo.planned_steps(run, 97, 0) == 291 and demo.planned_steps(run, 97, 100) == 100
+
+
+def test_each_run_ends_with_a_progress_line(smoke, capsys):
+    out, args = smoke
+    fresh = out.parent / "fresh"
+    capsys.readouterr()
+    assert demo.main([*[a if a != str(out) else str(fresh) for a in args], "--parts", "sgdm,sweep",
+                      "--archs", "basic", "--lrs", "0.4"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[") and "left" in line]
+    assert len(lines) == 2
+    assert re.fullmatch(rf"\[1/2\] {re.escape(str(fresh / 'sgdm'))}: test acc [01]\.\d{{4}} in \d+ s; "
+                        r"about \d+ s left", lines[0]), lines[0]
+    assert lines[1].startswith(f"[2/2] {fresh / 'sweep' / 'basic-lr0.4-s0'}: ") and lines[1].endswith("no runs left")
 
 
 def test_smoke_run_configs_of_the_parts(smoke):
@@ -470,10 +655,77 @@ def test_report_is_called_with_every_run_dir(smoke, monkeypatch, capsys):
     assert demo.main([*args, "--parts", "sgdm"]) == 0
 
 
-def test_unknown_part_is_rejected(capsys):
+# ---------------------------------------------------------------------------------------------------------
+# Bad command lines: one line on stderr that names the flag, exit status 2, no traceback
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--lrs", "0.1,abc"], "argument --lrs: 'abc' is not a number > 0"),
+    (["--lrs", "0.1,-0.2"], "argument --lrs: '-0.2' is not a number > 0"),
+    (["--lrs", "0.4,0.4"], "argument --lrs: '0.4,0.4' names a learning rate twice"),
+    (["--batch-size", "0"], "argument --batch-size: expected a whole number ≥ 1, got '0'"),
+    (["--epochs", "0"], "argument --epochs: expected a whole number ≥ 1, got '0'"),
+    (["--epochs", "two"], "argument --epochs: expected a whole number ≥ 1, got 'two'"),
+    (["--seeds", "0"], "argument --seeds: expected a whole number ≥ 1"),
+    (["--every", "0"], "argument --every: expected a whole number ≥ 1"),
+    (["--max-steps", "-1"], "argument --max-steps: expected a whole number ≥ 0"),
+    (["--subset", "-5"], "argument --subset: expected a whole number ≥ 0"),
+    (["--width", "0"], "argument --width: expected a number > 0, got '0'"),
+    (["--width", "nan"], "argument --width: expected a number > 0, got 'nan'"),
+    (["--parts", "sgdm,adam"], "argument --parts: unknown part 'adam': pick from sgdm,sgd,lars,sweep"),
+    (["--parts", ","], "argument --parts: no part in ','"),
+    (["--archs", "resnet50"], "argument --archs: unknown architecture 'resnet50'"),
+    (["--device", "tpu"], "argument --device: 'tpu' is not a device torch knows"),
+    (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--data-dir", "/nonexistent/cifar"], "--data-dir /nonexistent/cifar is not a folder"),
+])
+def test_a_bad_flag_is_one_line_and_exit_2(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err
+    assert err.count("\n") == 1 and err.startswith("train_resnet.py: error: ") and "Traceback" not in err
+
+
+def test_an_out_path_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
     with pytest.raises(SystemExit):
-        demo.main(["--parts", "sgdm,adam"])
-    assert "unknown part or architecture: adam" in capsys.readouterr().err
+        demo.parse_args(["--out", str(tmp_path / "f")])
+    assert f"--out {tmp_path / 'f'} is a file" in capsys.readouterr().err
+
+
+def test_the_default_data_dir_may_be_missing_others_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here: it is where the download goes
+    assert demo.parse_args([])[0].data_dir == "data"
+    assert demo.parse_args(["--data-dir", "data/"])[0].data_dir == "data"
+    (tmp_path / "mine").mkdir()
+    assert demo.parse_args(["--data-dir", "mine"])[0].data_dir == "mine"  # an empty folder: downloaded into
+
+
+def test_sizes_the_data_cannot_give_are_one_sentence(tmp_path, capsys):
+    write_fake_cifar(tmp_path / "data")  # 200 training images, 20 per class...
+    batch = pickle.loads((tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1").read_bytes())
+    batch[b"labels"] = [0] * 40  # ...now 56 of class 0 and 16 of each other class
+    _dump(batch, tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1")
+    args = [*SMOKE, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs")]
+    assert demo.main([*args, "--batch-size", "500"]) == 2
+    assert capsys.readouterr().err == ("error: --batch-size 500 is more than the 100 training images, so an epoch "
+                                       "would have no step: lower --batch-size or raise --subset.\n")
+    assert demo.main([*args, "--subset", "190"]) == 2
+    assert capsys.readouterr().err == ("error: a class-balanced subset of 190 images needs at least 19 images of "
+                                       "class 1, but the data has 16: lower --subset or --test-subset.\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_real_command_line_shows_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(DEMO.parents[1])}
+    for argv in (["--lrs", "0.1,abc"], ["--batch-size", "0"], ["--epochs", "0"], ["--frobnicate"]):
+        proc = subprocess.run([sys.executable, str(DEMO), *argv], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert argv[0] in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_official_pickle_keys_may_also_be_str(tmp_path):

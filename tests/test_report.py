@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,11 +213,32 @@ def test_all_ten_figures_are_written_and_inlined(study):
     assert "fig01.png" not in html  # self-contained
 
 
-def test_report_ends_with_the_verdict_table(study):
-    lines = study[2].read_text().strip().splitlines()
-    assert lines[-10].startswith("| # | claim |")
-    assert all(line.startswith("| ") for line in lines[-8:])
-    assert "Equilibrium window" in study[2].read_text()
+def test_report_opens_with_the_summary_and_the_verdict_table(study, verdicts):
+    md = study[2].read_text()
+    blocks = md.split("\n\n")
+    assert blocks[0] == "# normwatch report"
+    summary = blocks[1]
+    held = [str(i) for i, v in enumerate(verdicts, start=1) if v["outcome"] == "holds"]
+    assert held == ["1", "2", "4", "5", "6", "7"]  # each verdict is checked by hand below
+    assert summary.startswith("3 run(s) with normwatch scalars (lars, sgd, sgdm) and a learning-rate sweep of 12 runs")
+    assert "6 hold (1, 2, 4, 5, 6, 7), 2 do not (3: +30% vs prediction; 8: best lrs differ by 4×)" in summary
+    assert "\n" not in summary  # one paragraph
+    assert blocks[2] == "## Verdicts on the seed's claims" and blocks[3].startswith("| # | claim |")
+    assert len(blocks[3].splitlines()) == 2 + 8
+    assert md.index("## Runs") > md.index("| # | claim |") and "Equilibrium window" in md
+
+
+def test_the_runs_table_folds_the_sweep_into_a_row_per_architecture(study):
+    md = study[2].read_text()
+    runs = md[md.index("## Runs"):md.index("## Equilibrium window")]
+    rows = [line for line in runs.splitlines() if line.startswith("| ") and not line.startswith("| run |")]
+    assert [row.split(" | ")[0] for row in rows] == ["| lars", "| sgd", "| sgdm", "| sweep: a (6 runs)",
+                                                      "| sweep: b (6 runs)"]
+    # rf.SWEEP: a's accuracies span 0.89–0.94, its best mean (0.94 + 0.93) / 2 at peak lr 0.4; b's 0.85–0.93.
+    assert rows[3].endswith("| sweep | peak lr 0.1–1.6 (3 values), seed(s) 0, 1; final test acc 0.89–0.94, "
+                            "best 0.935 at peak lr 0.4 |")
+    assert "best 0.925 at peak lr 1.6" in rows[4] and "0.85–0.93" in rows[4]
+    assert "sweep/a-lr0.1-s0" not in md
 
 
 def test_verdict_orthogonality_and_balance(study, verdicts):
@@ -329,10 +351,11 @@ def test_missing_data_figures_are_skipped_with_a_note(lone_run):
     assert not (out / "fig06.png").exists() and not (out / "fig08.png").exists()
     assert "> Figure 6 skipped: run run logged no `grad_autocorr` scalars." in md
     assert "> Figure 8 skipped: no learning-rate sweep" in md
-    # Figure 5 falls back to the momentum run and says so.
-    assert (out / "fig05.png").exists()
-    assert "No SGD-without-momentum run among the inputs; this shows run run" in md
-    for i in (1, 2, 3, 4, 5, 7, 9, 10):
+    # Figure 5 is the seed's run without momentum: none here, so no stand-in under its title.
+    assert not (out / "fig05.png").exists()
+    assert ("> Figure 5 skipped: no SGD run without momentum among the inputs (the demo's runs/<study>/sgd); "
+            "figure 7 shows the run with momentum.") in md
+    for i in (1, 2, 3, 4, 7, 9, 10):
         assert_png(out / f"fig{i:02d}.png")
 
 
@@ -372,7 +395,7 @@ def test_cli_module_entry(study_runs, tmp_path: Path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(out / "report.md")
+    assert proc.stdout.strip() == str(out / "report.html")
     assert (out / "report.html").exists() and (out / "fig01.png").exists()
 
 
@@ -389,6 +412,155 @@ def test_without_matplotlib_the_hint_is_raised_and_printed(
         write_report([study_runs[0] / "sgdm"])
     assert main(["report", str(study_runs[0] / "sgdm")]) == 2
     assert capsys.readouterr().err.strip() == INSTALL_HINT
+
+
+# ------------------------------------------------------------------------------ runs it cannot judge
+def _plain_run(path: Path) -> Path:
+    """A TensorBoard run of someone else's: a loss curve, no normwatch scalars."""
+    rf.write_events(path, {"train/loss": np.linspace(2.0, 1.0, 5)}, {})
+    return path
+
+
+def test_a_run_without_normwatch_scalars_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    pytest.importorskip("matplotlib")
+    run = _plain_run(tmp_path / "plain")
+    with pytest.raises(ValueError, match=r"holds normwatch scalars \(normwatch/<metric>/<layer>\), so there is"):
+        write_report([run])
+    assert main(["report", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"normwatch report: the run in {run} holds normwatch scalars (normwatch/<metric>/<layer>), so "
+                   "there is nothing to report: point it at runs written by normwatch.attach(...) or the demo's "
+                   "study directory.\n")
+    assert not (run / "report").exists()
+    _plain_run(tmp_path / "plain2")
+    assert main(["report", str(tmp_path)]) == 1
+    assert f"none of the 2 runs under {tmp_path} holds normwatch scalars" in capsys.readouterr().err
+
+
+def test_runs_without_normwatch_scalars_are_named_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    pytest.importorskip("matplotlib")
+    rf.sgd_run(tmp_path / "study" / "sgdm", part="sgdm", **rf.SGDM)
+    _plain_run(tmp_path / "study" / "baseline")
+    assert main(["report", str(tmp_path / "study")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("normwatch report: skipped 1 of 2 runs, which hold no normwatch scalars: "
+                            "baseline.\n")
+    assert captured.out == f"{(tmp_path / 'study' / 'report' / 'report.html').resolve()}\n"
+    md = (tmp_path / "study" / "report" / "report.md").read_text()
+    assert "> Skipped, holding no normwatch scalars: baseline." in md
+    assert "1 run(s) with normwatch scalars (sgdm), read from" in md
+
+
+def test_a_sweep_alone_is_reported_from_its_hparams_metric(tmp_path: Path):
+    """The demo's sweep runs hold only sweep/test_acc (and demo/config): enough for figure 8 and claim 8."""
+    pytest.importorskip("matplotlib")
+    for arch, per_lr in rf.SWEEP.items():
+        for lr, accs in per_lr.items():
+            demo = {"part": "sweep", "arch": arch, "peak_lr": lr, "seed": 0, "optimizer": "sgd"}
+            rf.write_events(tmp_path / "sweep" / f"{arch}-lr{lr}", {"sweep/test_acc": np.array([np.nan, accs[0]])},
+                            {"demo/config": demo})
+    md_path = write_report([tmp_path / "sweep"])
+    assert_png(md_path.parent / "fig08.png")
+    verdicts = json.loads((md_path.parent / "verdicts.json").read_text())
+    assert verdicts[7]["per_layer"] == {"a": 0.4, "b": 1.6}  # a: 0.94 at 0.4; b: 0.92 at 1.6 (first seeds)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--frobnicate"], "normwatch: error: unrecognized arguments: --frobnicate (see normwatch --help)"),
+    ([], "normwatch: error: expected a command: report (see normwatch --help)"),
+    (["report"], "normwatch report: error: the following arguments are required: RUN_DIR"),
+    (["report", "x", "--frobnicate"], "normwatch: error: unrecognized arguments: --frobnicate"),
+    (["publish"], "normwatch: error: argument COMMAND: invalid choice: 'publish'"),
+])
+def test_cli_bad_command_lines_are_one_line_and_exit_2(argv, says, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(says) and err.count("\n") == 1, err
+
+
+def test_cli_out_that_cannot_be_a_folder(study_runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        main(["report", str(study_runs[0] / "sgdm"), "--out", str(tmp_path / "file")])
+    assert f"--out {tmp_path / 'file'} is a file" in capsys.readouterr().err
+    assert main(["report", str(study_runs[0] / "sgdm"), "--out", str(tmp_path / "file" / "sub")]) == 1
+    says = f"normwatch report: cannot write into {tmp_path / 'file' / 'sub'}: Not a directory.\n"
+    assert capsys.readouterr().err == says
+
+
+def test_the_real_cli_shows_no_traceback(tmp_path: Path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for argv in (["--frobnicate"], ["report", str(tmp_path / "nope")], ["report", str(_plain_run(tmp_path / "p"))]):
+        proc = subprocess.run([sys.executable, "-m", "normwatch", *argv], capture_output=True, text=True, env=env,
+                              cwd=REPO, timeout=120)
+        assert proc.returncode in (1, 2) and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ how the figures read
+@pytest.fixture(scope="module")
+def drawn(study_runs, tmp_path_factory: pytest.TempPathFactory) -> dict[int, object]:
+    """The study's figures as matplotlib Figures, caught on their way to disk."""
+    pytest.importorskip("matplotlib")
+    from normwatch.report import figures
+
+    caught: dict[int, object] = {}
+    save = figures._save
+
+    def spy(fig, out_dir, number, *args):
+        caught[number] = fig
+        return save(fig, out_dir, number, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "_save", spy)
+        write_report([study_runs[0]], tmp_path_factory.mktemp("drawn"))
+    return caught
+
+
+def test_no_legend_covers_an_axes(drawn):
+    assert sorted(drawn) == list(range(1, 11))
+    for number, fig in drawn.items():
+        fig.canvas.draw()
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
+        assert legends, number
+        for legend in legends:
+            box = legend.get_window_extent()
+            assert box.x1 <= fig.bbox.x1 + 1, number  # inside the image
+            for ax in fig.axes:
+                if ax.get_visible():
+                    assert not box.overlaps(ax.get_window_extent()), (number, legend, ax)
+
+
+def test_figures_5_and_7_have_one_panel_per_layer(drawn):
+    for number in (5, 7):
+        panels = [ax for ax in drawn[number].axes if ax.get_visible()]
+        assert [ax.get_title() for ax in panels] == list(rf.LAYERS)
+        for ax in panels:  # one layer's dots and its moving RMS (one colour), and the black prediction
+            colours = {tuple(line.get_color()) for line in ax.get_lines() if line.get_color() != "black"}
+            assert len(colours) == 1 and len(ax.collections) >= 1
+
+
+def test_log_axes_are_labelled_in_plain_numbers():
+    pytest.importorskip("matplotlib")
+    from normwatch.report.figures import _log_y, _new_figure
+
+    for low, high in ((0.6, 4.5), (0.05, 30.0), (1.0, 3.5)):
+        fig, ax = _new_figure()
+        ax.plot([0, 1], [low, high])
+        _log_y(ax)
+        ax.set_ylim(low, high)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_yticklabels(minor=False) + ax.get_yticklabels(minor=True)
+                  if t.get_text() and low <= t.get_position()[1] <= high]
+        assert len(labels) >= 2 and all(re.fullmatch(r"\d+(\.\d+)?", text) for text in labels), labels
+    # what matplotlib alone writes on (0.6, 4.5): a scientific label such as 4×10⁰
+    fig, ax = _new_figure()
+    ax.plot([0, 1], [0.6, 4.5])
+    ax.set_yscale("log")
+    ax.set_ylim(0.6, 4.5)
+    fig.canvas.draw()
+    assert any("times" in t.get_text() for t in ax.get_yticklabels(minor=True))
 
 
 # ------------------------------------------------------------------------------ a real run
@@ -425,9 +597,9 @@ def test_report_from_a_real_normwatch_run(tmp_path: Path):
 
     md_path = write_report([tmp_path / "run"])
     out = md_path.parent
-    for i in (1, 2, 3, 4, 5, 6, 7, 9, 10):
+    for i in (1, 2, 3, 4, 6, 7, 9, 10):
         assert_png(out / f"fig{i:02d}.png")
-    assert not (out / "fig08.png").exists()
+    assert not (out / "fig05.png").exists() and not (out / "fig08.png").exists()  # μ = 0.5, no sweep
     verdicts = {i: v for i, v in enumerate(json.loads((out / "verdicts.json").read_text()), start=1)}
     for i in (1, 2, 4, 5):  # w·g, balance, η|g|/|w| with momentum, autocorrelation
         assert verdicts[i]["outcome"] in ("holds", "does not hold"), verdicts[i]

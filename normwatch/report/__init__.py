@@ -16,7 +16,14 @@ equilibrium window), :mod:`~normwatch.report.stats` (formulas), :mod:`~normwatch
 """
 
 from normwatch.report.analysis import Analysis, analyse
-from normwatch.report.build import INSTALL_HINT, MissingReportDependencyError, default_out, write_report
+from normwatch.report.build import (
+    INSTALL_HINT,
+    MissingReportDependencyError,
+    SkippedRunsWarning,
+    default_out,
+    usable_runs,
+    write_report,
+)
 from normwatch.report.claims import TOLERANCES, Verdict, evaluate
 from normwatch.report.runs import Run, Series, find_runs, load_run, load_runs
 from normwatch.report.window import Window, equilibrium_window
@@ -28,6 +35,7 @@ __all__ = [
     "MissingReportDependencyError",
     "Run",
     "Series",
+    "SkippedRunsWarning",
     "Verdict",
     "Window",
     "analyse",
@@ -37,5 +45,6 @@ __all__ = [
     "find_runs",
     "load_run",
     "load_runs",
+    "usable_runs",
     "write_report",
 ]

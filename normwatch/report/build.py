@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from normwatch.report.analysis import Analysis, analyse
-from normwatch.report.claims import TOLERANCES, Verdict, evaluate
+from normwatch.report.claims import TOLERANCES, Verdict, evaluate, sweep_table
 from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Table, to_html, to_markdown
 from normwatch.report.figures import FigureResult, render_figures
 from normwatch.report.runs import Run, find_runs, load_runs
@@ -86,8 +89,6 @@ def _roles_of(run: Run, analysis: Analysis) -> str:
         )
         if r is run
     ]
-    if run in roles.sweep:
-        names.append("sweep")
     return ", ".join(names) or "—"
 
 
@@ -108,28 +109,94 @@ def _per_layer_blocks(verdicts: list[Verdict]) -> list[Block]:
     return blocks
 
 
-def _blocks(analysis: Analysis, figures: list[FigureResult], verdicts: list[Verdict]) -> list[Block]:
+def _numbers(verdicts: list[Verdict], outcome: str) -> list[str]:
+    return [str(i) for i, v in enumerate(verdicts, start=1) if v.outcome == outcome]
+
+
+def _summary(analysis: Analysis, verdicts: list[Verdict]) -> Paragraph:
+    """The opening paragraph: what was read, and how the seed's claims fared."""
     from normwatch import __version__
 
+    sweep = analysis.roles.sweep
+    main = [r.name for r in analysis.runs if r.has_normwatch]
+    read = f"{len(main)} run(s) with normwatch scalars ({', '.join(main)})" if main else "no normwatch run"
+    if sweep:
+        read += f" and a learning-rate sweep of {len(sweep)} runs"
+    held, failed, missing = (_numbers(verdicts, o) for o in ("holds", "does not hold", "no data"))
+    failures = "; ".join(f"{i}: {verdicts[int(i) - 1].detail}" for i in failed)
+    tally = [f"{len(held)} hold" + (f" ({', '.join(held)})" if held else "")]
+    if failed:
+        tally.append(f"{len(failed)} {'does' if len(failed) == 1 else 'do'} not ({failures})")
+    if missing:
+        tally.append(f"{len(missing)} lack data ({', '.join(missing)})")
+    return Paragraph(
+        f"{read}, read from TensorBoard event files by normwatch {__version__}. Of the {len(verdicts)} claims "
+        f"of Myrtle's “How to Train Your ResNet 6: Weight Decay” tested below, {', '.join(tally)}. Each row says "
+        "which run and which steps it measured; the runs, their equilibrium windows and the figures follow "
+        "(1–8 in the seed's order, 9–10 beyond it)."
+    )
+
+
+TOLERANCE_TEXT = (
+    "Each claim is measured per layer and summarised by the median layer; **holds** means the median "
+    "layer is within the tolerance, and the measured column says how many layers are and over what "
+    "range. Tolerances were fixed before looking at any run: "
+    f"|cos(w,g)| ≤ {TOLERANCES['cos_wg']:g}; Σgrowth/Σshrink within ±{TOLERANCES['balance']:.0%}; "
+    f"RMS of η|g|/|w| over its prediction within ±{TOLERANCES['lars']:.0%}; "
+    f"|mean cos(g_t, v_(t−1))| ≤ {TOLERANCES['autocorr']:g}; LARS vs SGD final accuracy within one "
+    f"percentage point and rotation per step within ±{TOLERANCES['lars_angle']:.0%}; best peak lrs "
+    f"within a factor {TOLERANCES['best_lr']:g}. Where the data says a claim fails, the verdict "
+    "says by how much. For the two equilibrium ratios the prediction column also says what the lr "
+    "schedule alone would do to them on the window (the quasi-static lag δ = τ·d ln η/dt of a norm "
+    "trailing its target, at constant scale-free gradient norm G); it is context, not the target."
+)
+
+
+def _verdict_table(verdicts: list[Verdict]) -> Table:
+    return Table(
+        ["#", "claim", "statistic", "run", "window", "prediction", "measured", "tolerance", "verdict"],
+        [
+            [str(i), v.claim, v.statistic, v.run, v.window, v.prediction, v.measured, v.tolerance, _verdict_cell(v)]
+            for i, v in enumerate(verdicts, start=1)
+        ],
+    )
+
+
+def _sweep_rows(sweep: list[Run]) -> list[list[str]]:
+    """One row per architecture of the sweep: its peak lrs, seeds and accuracies."""
+    rows = []
+    for arch, per_lr in sorted(sweep_table(sweep).items()):
+        runs = [r for r in sweep if (r.arch or "(unnamed)") == arch]
+        lrs, accs = sorted(per_lr), [a for values in per_lr.values() for a in values]
+        seeds = sorted({str(r.demo.get("seed", "?")) for r in runs})
+        best = max(lrs, key=lambda lr: float(np.mean(per_lr[lr])))
+        rows.append([
+            f"sweep: {arch} ({len(runs)} runs)",
+            "sweep",
+            f"peak lr {lrs[0]:g}–{lrs[-1]:g} ({len(lrs)} values), seed(s) {', '.join(seeds)}; final test acc "
+            f"{min(accs):.4g}–{max(accs):.4g}, best {float(np.mean(per_lr[best])):.4g} at peak lr {best:g}",
+        ])
+    return rows
+
+
+def _runs_blocks(analysis: Analysis, skipped: list[Run]) -> list[Block]:
+    sweep = {id(r) for r in analysis.roles.sweep}
+    rows = [[r.name, _roles_of(r, analysis), r.describe()] for r in analysis.runs if id(r) not in sweep]
     blocks: list[Block] = [
-        Heading(1, "normwatch report"),
-        Paragraph(
-            f"{len(analysis.runs)} run(s), read from their TensorBoard event files by normwatch "
-            f"{__version__}. "
-            "Figures follow the order of Myrtle's “How to Train Your ResNet 6: Weight Decay” (1–8), then two "
-            "more (9–10); the verdict on each of its claims is the table at the end."
-        ),
         Heading(2, "Runs"),
-        Table(
-            ["run", "role", "what it is"],
-            [[r.name, _roles_of(r, analysis), r.describe()] for r in analysis.runs],
-        ),
-        Heading(2, "Equilibrium window"),
-        Paragraph(WINDOW_TEXT),
-        _window_table(analysis),
+        Table(["run", "role", "what it is"], rows + _sweep_rows(analysis.roles.sweep)),
+    ]
+    if skipped:
+        blocks.append(Note(f"Skipped, holding no normwatch scalars: {', '.join(r.name for r in skipped)}."))
+    return blocks
+
+
+def _figure_blocks(figures: list[FigureResult]) -> list[Block]:
+    blocks: list[Block] = [
         Heading(2, "Figures"),
         Paragraph(
-            "One colour per layer; the grey band is the equilibrium window of the run shown. Noisy "
+            "One colour per layer (figures 5 and 7: one panel per layer); the grey band is the equilibrium "
+            "window of the run shown. Noisy "
             "series are drawn as a light raw trace under a centred moving average over "
             f"{SMOOTHING_FRACTION:.0%} of the logged steps."
         ),
@@ -139,47 +206,59 @@ def _blocks(analysis: Analysis, figures: list[FigureResult], verdicts: list[Verd
         if fig.path is None:
             blocks.append(Note(fig.note))
             continue
-        blocks.append(Image(fig.path, f"Figure {fig.number}"))
-        blocks.append(Paragraph(fig.caption))
+        blocks += [Image(fig.path, f"Figure {fig.number}"), Paragraph(fig.caption)]
         if fig.note:
             blocks.append(Note(fig.note))
+    return blocks
+
+
+def _blocks(
+    analysis: Analysis, figures: list[FigureResult], verdicts: list[Verdict], skipped: list[Run]
+) -> list[Block]:
+    """The report: the summary and the verdicts first, then the runs, the windows, the figures."""
+    blocks: list[Block] = [
+        Heading(1, "normwatch report"),
+        _summary(analysis, verdicts),
+        Heading(2, "Verdicts on the seed's claims"),
+        _verdict_table(verdicts),
+        Paragraph(TOLERANCE_TEXT),
+        *_runs_blocks(analysis, skipped),
+        Heading(2, "Equilibrium window"),
+        Paragraph(WINDOW_TEXT),
+        _window_table(analysis),
+        *_figure_blocks(figures),
+    ]
     per_layer = _per_layer_blocks(verdicts)
     if per_layer:
         blocks += [Heading(2, "Per-layer values"), *per_layer]
-    blocks += [
-        Heading(2, "Verdicts on the seed's claims"),
-        Paragraph(
-            "Each claim is measured per layer and summarised by the median layer; **holds** means the median "
-            "layer is within the tolerance, and the measured column says how many layers are and over what "
-            "range. Tolerances were fixed before looking at any run: "
-            f"|cos(w,g)| ≤ {TOLERANCES['cos_wg']:g}; Σgrowth/Σshrink within ±{TOLERANCES['balance']:.0%}; "
-            f"RMS of η|g|/|w| over its prediction within ±{TOLERANCES['lars']:.0%}; "
-            f"|mean cos(g_t, v_(t−1))| ≤ {TOLERANCES['autocorr']:g}; LARS vs SGD final accuracy within one "
-            f"percentage point and rotation per step within ±{TOLERANCES['lars_angle']:.0%}; best peak lrs "
-            f"within a factor {TOLERANCES['best_lr']:g}. Where the data says a claim fails, the verdict "
-            "says by how much. For the two equilibrium ratios the prediction column also says what the lr "
-            "schedule alone would do to them on the window (the quasi-static lag δ = τ·d ln η/dt of a norm "
-            "trailing its target, at constant scale-free gradient norm G); it is context, not the target."
-        ),
-        Table(
-            ["#", "claim", "statistic", "run", "window", "prediction", "measured", "tolerance", "verdict"],
-            [
-                [
-                    str(i),
-                    v.claim,
-                    v.statistic,
-                    v.run,
-                    v.window,
-                    v.prediction,
-                    v.measured,
-                    v.tolerance,
-                    _verdict_cell(v),
-                ]
-                for i, v in enumerate(verdicts, start=1)
-            ],
-        ),
-    ]
     return blocks
+
+
+class SkippedRunsWarning(UserWarning):
+    """Some of the runs read hold nothing the report can use (no normwatch scalars, not a sweep point)."""
+
+
+def _names(runs: list[Run], most: int = 6) -> str:
+    names = [r.name for r in runs[:most]]
+    return ", ".join(names) + (f" and {len(runs) - most} more" if len(runs) > most else "")
+
+
+def usable_runs(runs: list[Run], paths: Sequence[str | Path]) -> tuple[list[Run], list[Run]]:
+    """Split runs into those the report uses (normwatch scalars, or a sweep point) and those it skips.
+
+    Raises:
+        ValueError: none is usable (one sentence naming the paths).
+    """
+    kept = [r for r in runs if r.has_normwatch or r.is_sweep_point]
+    skipped = [r for r in runs if not (r.has_normwatch or r.is_sweep_point)]
+    if not kept:
+        where = ", ".join(str(p) for p in paths)
+        what = f"the run in {where} holds" if len(runs) == 1 else f"none of the {len(runs)} runs under {where} holds"
+        raise ValueError(
+            f"{what} normwatch scalars (normwatch/<metric>/<layer>), so there is nothing to report: point it at "
+            "runs written by normwatch.attach(...) or the demo's study directory."
+        )
+    return kept, skipped
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
@@ -198,7 +277,11 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     Raises:
         ImportError: matplotlib is not installed (the message says how to install it).
         FileNotFoundError: a directory does not exist.
-        ValueError: a directory holds no event files.
+        ValueError: a directory holds no event files, or no run holds normwatch scalars or a sweep
+            point.
+
+    Warns:
+        SkippedRunsWarning: some runs hold no normwatch scalars (they are named, and left out).
 
     Example::
 
@@ -212,13 +295,17 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     find_runs(run_dirs)  # a mistyped path is reported before a missing extra
     _require_matplotlib()
     out_dir = Path(out) if out is not None else default_out(run_dirs)
-    analysis = analyse(load_runs(run_dirs))
+    runs, skipped = usable_runs(load_runs(run_dirs), run_dirs)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} of {len(runs) + len(skipped)} runs, which hold no normwatch "
+                      f"scalars: {_names(skipped)}.", SkippedRunsWarning, stacklevel=2)
+    analysis = analyse(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("fig[0-9][0-9].png"):
         stale.unlink()
     figures = render_figures(analysis, out_dir)
     verdicts = evaluate(analysis)
-    blocks = _blocks(analysis, figures, verdicts)
+    blocks = _blocks(analysis, figures, verdicts, skipped)
     md_path = out_dir / "report.md"
     md_path.write_text(to_markdown(blocks), encoding="utf-8")
     (out_dir / "report.html").write_text(to_html(blocks, "normwatch report"), encoding="utf-8")

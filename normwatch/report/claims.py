@@ -357,24 +357,24 @@ def _lars_pair(analysis: Analysis) -> tuple[Run, Run] | str:
 
 
 def _lars_prescription(lars: Run, ref: Run) -> str:
-    """λ_LARS actually used (the invariant layers' logged peak lr) vs the seed's √(2ηλ(1−ρ)) from
+    """η_LARS actually used (the invariant layers' logged peak lr) vs the seed's √(2ηλ(1−μ)) from
     the SGD run's peak hyperparameters."""
     used = [float(np.max(s.values)) for layer in lars.layers if (s := lars.series("lr", layer)) is not None]
     peak = float(np.median(used)) if used else lars.peak_lr
-    text = f"λ_LARS = {_fmt(peak)} at its peak" if peak is not None else "λ_LARS unknown"
+    text = f"η_LARS = {_fmt(peak)} at its peak" if peak is not None else "η_LARS unknown"
     layers = ref.layers
     hyper = ref.hyper(layers[0]) if layers else None
     if hyper is not None:
         lr, wd, mom = hyper
         i = int(np.argmax(lr.values))
         seed = float(seed_lars_prediction(lr.values[i], wd.values[i], mom.values[i]))
-        text += f"; seed's √(2ηλ(1−ρ)) from {ref.name} = {_fmt(seed)}"
+        text += f"; the seed's √(2ηλ(1−μ)) from {ref.name} = {_fmt(seed)}"
     return text
 
 
 def claim_lars_accuracy(analysis: Analysis) -> Verdict:
     """LARS trains like SGD (accuracy): final test accuracy, LARS − SGD."""
-    claim = "LARS with λ_LARS = √(2ηλ(1−ρ)) trains like SGD: accuracy"
+    claim = "LARS with η_LARS = √(2ηλ(1−μ)) trains like SGD: accuracy"
     stat, tol = "final test/acc, LARS − SGD", TOLERANCES["lars_acc"]
     pair = _lars_pair(analysis)
     if isinstance(pair, str):
@@ -396,7 +396,7 @@ def claim_lars_accuracy(analysis: Analysis) -> Verdict:
 
 def claim_lars_dynamics(analysis: Analysis) -> Verdict:
     """LARS trains like SGD (dynamics): rotation per step, LARS ÷ SGD, over the SGD run's window."""
-    claim = "LARS with λ_LARS = √(2ηλ(1−ρ)) trains like SGD: dynamics"
+    claim = "LARS with η_LARS = √(2ηλ(1−μ)) trains like SGD: dynamics"
     stat = "mean rotation per step (angle) over the SGD run's window, LARS ÷ SGD"
     tol = TOLERANCES["lars_angle"]
     tol_s = f"±{tol:.0%}"

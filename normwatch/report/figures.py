@@ -1,9 +1,11 @@
 r"""The seed's figures (1–8) and two more (9–10), drawn with matplotlib's Agg canvas.
 
-Every figure has the optimizer step on the x-axis (except 8) and one colour per layer; noisy
-per-step series are drawn as a light raw trace with a centred moving average over
-:func:`~normwatch.report.stats.smoothing_window` points on top; the grey band is the equilibrium
-window of the run shown. A figure whose data is absent returns a note instead of a file.
+Every figure has the optimizer step on the x-axis (except 8) and one colour per layer, with the
+legend right of the axes, where it covers no trace; figures 5 and 7, where every layer tracks the
+same prediction, draw one panel per layer instead. Noisy per-step series are drawn as a light raw
+trace with a centred moving average over :func:`~normwatch.report.stats.smoothing_window` points
+on top; the grey band is the equilibrium window of the run shown. A figure whose data is absent
+returns a note instead of a file.
 
 matplotlib is imported inside the functions (it is the optional ``normwatch[report]`` extra) and
 only through ``matplotlib.figure.Figure`` and the Agg canvas, so the caller's pyplot backend is
@@ -79,14 +81,21 @@ TITLES = {
 
 # ------------------------------------------------------------------------------ drawing helpers
 def _new_figure(height: float = 4.4) -> tuple[Figure, Axes]:
+    fig, axes = _new_grid(1, 1, 9.0, height)
+    return fig, axes[0]
+
+
+def _new_grid(rows: int, cols: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    """A figure of rows × cols axes sharing both axes, laid out so that legends outside the axes fit."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8.0, height))
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.grid(True, alpha=0.25, linewidth=0.5)
-    return fig, ax
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel().tolist()
+    for ax in axes:
+        ax.grid(True, alpha=0.25, linewidth=0.5)
+    return fig, axes
 
 
 def _colors(n: int) -> list[Any]:
@@ -128,25 +137,35 @@ def _shade(ax: Axes, window: Window) -> None:
 
 
 def _legend(ax: Axes, n_layers: int, **kwargs: Any) -> None:
+    """The legend right of the axes, where it covers no trace (a colour note instead for many layers)."""
     if n_layers <= MAX_LEGEND:
-        ax.legend(fontsize=7, loc="best", framealpha=0.8, **kwargs)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
     else:
-        ax.text(
-            0.01,
-            0.99,
-            f"{n_layers} layers; colour runs from the first (purple) to the last (yellow)",
-            transform=ax.transAxes,
-            fontsize=7,
-            va="top",
-        )
+        ax.text(1.01, 1.0, f"{n_layers} layers;\ncolour runs from\nthe first (purple)\nto the last (yellow)",
+                transform=ax.transAxes, fontsize=7, va="top")
+
+
+def _log_y(ax: Axes) -> None:
+    """A log y axis labelled in plain numbers at 1, 2, 5 × 10^k (matplotlib's default labels short ranges
+    in scientific notation, such as 4×10⁰)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig: Figure, out_dir: Path, number: int, title: str, xlabel: str, ylabel: str) -> Path:
-    ax = fig.axes[0]
-    ax.set_title(f"Figure {number}. {title}", fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    fig.tight_layout()
+    if len(fig.axes) == 1:
+        ax = fig.axes[0]
+        ax.set_title(f"Figure {number}. {title}", fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    else:
+        fig.suptitle(f"Figure {number}. {title}", fontsize=10)
+        fig.supxlabel(xlabel, fontsize=9)
+        fig.supylabel(ylabel, fontsize=9)
     path = out_dir / f"fig{number:02d}.png"
     fig.savefig(path, dpi=DPI)
     return path
@@ -312,63 +331,79 @@ def _draw_theory(ax: Axes, theories: list[Series], label: str) -> float:
     return top
 
 
-def _lars_figure(analysis: Analysis, out_dir: Path, number: int, run: Run, note: str) -> FigureResult:
+def _lars_theory(run: Run, layer: str) -> Series | None:
+    """normwatch's ``lars_theory`` where logged, else the seed's √(2ηλ(1−μ)) from the logged hyperparameters."""
+    theory = run.series("lars_theory", layer)
+    if theory is None and (hyper := run.hyper(layer)) is not None:
+        lr, wd, mom = hyper
+        theory = Series(lr.steps, seed_lars_prediction(lr.values, wd.values, mom.values, run.dampening))
+    return theory if theory is not None and np.any(theory.values > 0) else None
+
+
+def _lars_panel(ax: Axes, run: Run, layer: str, color: Any, window: Window) -> tuple[float, bool]:
+    """One layer's η|g|/|w| (light dots, and their moving RMS in colour) with its prediction in black;
+    returns the top of the y range it needs and whether a prediction was drawn."""
+    s = run.series("lars_ratio", layer)
+    assert s is not None
+    _shade(ax, window)
+    ts, vs = _thin(s.steps, s.values)
+    ax.scatter(ts, vs, s=4, color=color, alpha=0.2, linewidths=0)
+    moving_rms = np.sqrt(moving_average(s.values**2, smoothing_window(len(s))))
+    ts, vs = _thin(s.steps, moving_rms)
+    ax.plot(ts, vs, color=color, linewidth=1.4, label="η|g|/|w|, moving RMS")
+    theory = _lars_theory(run, layer)
+    if theory is not None:
+        ax.plot(theory.steps, theory.values, color="black", linewidth=1.1, label="equilibrium prediction")
+    ax.set_title(layer, fontsize=8)
+    ax.tick_params(labelsize=7)
+    top = float(np.nanpercentile(s.values, 99.5))
+    if theory is not None:
+        top = max(top, 1.6 * float(np.nanmax(theory.values)))
+    return top, theory is not None
+
+
+def _lars_figure(analysis: Analysis, out_dir: Path, number: int, run: Run) -> FigureResult:
+    """η|g|/|w| against its prediction, one panel per layer (a shared colour key cannot separate eight layers
+    that all track the same line)."""
     layers = run.layers_with("lars_ratio")
     if not layers:
         return _skip(number, f"run {run.name} logged no `lars_ratio` scalars")
-    fig, ax = _new_figure()
-    _shade(ax, analysis.run_window(run))
-    theories: list[Series] = []
-    top = 0.0
-    for layer, color in zip(layers, _colors(len(layers)), strict=True):
-        s = run.series("lars_ratio", layer)
-        assert s is not None
-        ts, vs = _thin(s.steps, s.values)
-        ax.scatter(ts, vs, s=7, facecolors="none", edgecolors=[color], linewidths=0.5, alpha=0.55, label=layer)
-        top = max(top, float(np.nanpercentile(s.values, 99.5)))
-        theory = run.series("lars_theory", layer)
-        if theory is None and (hyper := run.hyper(layer)) is not None:
-            lr, wd, mom = hyper
-            theory = Series(lr.steps, seed_lars_prediction(lr.values, wd.values, mom.values, run.dampening))
-        if theory is not None and np.any(theory.values > 0):
-            theories.append(theory)
-    top = max(top, 1.6 * _draw_theory(ax, theories, "equilibrium prediction"))
-    if not theories:
-        note = (note + " " if note else "") + "No prediction drawn: no weight decay or unknown optimizer."
+    cols = min(len(layers), 4 if len(layers) <= 16 else 6)
+    rows = -(-len(layers) // cols)
+    fig, axes = _new_grid(rows, cols, 9.0, 1.0 + (1.9 if len(layers) <= 16 else 1.3) * rows)
+    window = analysis.run_window(run)
+    drawn = [_lars_panel(ax, run, layer, color, window)
+             for ax, layer, color in zip(axes, layers, _colors(len(layers)))]
+    for ax in axes[len(layers):]:
+        ax.set_visible(False)
+    top = max(t for t, _ in drawn)
     if top > 0:
-        ax.set_ylim(0, top * 1.05)
-    _legend(ax, len(layers), markerscale=2)
+        axes[0].set_ylim(0, top * 1.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     path = _save(fig, out_dir, number, TITLES[number], "optimizer step", "η|g|/|w|")
     caption = (
-        f"Run {run.name} (momentum {run.momentum:g}). Circles: η|g|/|w| at each step, one colour per "
-        "layer; black: the equilibrium value √(2ηλ(1−μ)) (normwatch's `lars_theory` where logged)."
+        f"Run {run.name} (momentum {run.momentum:g}), one panel per layer. Light dots: η|g|/|w| at each step; "
+        "coloured line: its centred moving root mean square (equilibrium predicts the RMS); black: the "
+        "equilibrium value √(2ηλ(1−μ)) (normwatch's `lars_theory` where logged); grey band: the equilibrium window."
     )
+    note = "" if any(d for _, d in drawn) else "No prediction drawn: no weight decay or unknown optimizer."
     return FigureResult(number, TITLES[number], path, caption, note)
 
 
 def figure_lars_sgd(analysis: Analysis, out_dir: Path) -> FigureResult:
-    """Figure 5: η|g|/|w| with its prediction on the SGD-without-momentum run (or a stand-in)."""
-    roles = analysis.roles
-    if roles.sgd is not None:
-        return _lars_figure(analysis, out_dir, 5, roles.sgd, "")
-    stand_in = roles.sgdm or roles.primary
-    if stand_in is None:
-        return _skip(5, "no run logged normwatch scalars")
-    return _lars_figure(
-        analysis,
-        out_dir,
-        5,
-        stand_in,
-        f"No SGD-without-momentum run among the inputs; this shows run {stand_in.name} "
-        f"(momentum {stand_in.momentum}) instead, with its own prediction.",
-    )
+    """Figure 5: η|g|/|w| with its prediction on the SGD-without-momentum run."""
+    if analysis.roles.sgd is None:
+        return _skip(5, "no SGD run without momentum among the inputs (the demo's runs/<study>/sgd); figure 7 "
+                        "shows the run with momentum")
+    return _lars_figure(analysis, out_dir, 5, analysis.roles.sgd)
 
 
 def figure_lars_sgdm(analysis: Analysis, out_dir: Path) -> FigureResult:
     """Figure 7: as figure 5 for the momentum run."""
     if analysis.roles.sgdm is None:
         return _skip(7, "no SGD run with momentum > 0 among the inputs (the demo's runs/<study>/sgdm)")
-    return _lars_figure(analysis, out_dir, 7, analysis.roles.sgdm, "")
+    return _lars_figure(analysis, out_dir, 7, analysis.roles.sgdm)
 
 
 # ------------------------------------------------------------------------------ figure 6
@@ -512,7 +547,7 @@ def figure_equilibrium_norm(analysis: Analysis, out_dir: Path) -> FigureResult:
     ax.axhline(1.0, color="black", linewidth=0.9)
     finite = np.concatenate([s.values[np.isfinite(s.values)] for s in curves.values()])
     if finite.max() / finite.min() > 3.0:
-        ax.set_yscale("log")
+        _log_y(ax)
     if not window.empty:
         ax.axvline(window.stop, color="0.3", linestyle=":", linewidth=1.0)
     _legend(ax, len(curves))

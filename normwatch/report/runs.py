@@ -3,8 +3,9 @@
 A *run* is a directory holding ``events.out.tfevents.*`` files. normwatch writes per-layer
 scalars ``normwatch/<metric>/<layer>`` (``<layer>`` is a qualified module name and may contain
 dots) and a text summary ``normwatch/config``; the demo adds ``train/loss``, ``train/acc``,
-``test/acc``, ``lr``, a text ``demo/config`` and ``config.json`` / ``result.json`` files. Only
-the per-layer scalars are required; everything else refines what the report can say.
+``test/acc``, ``lr``, a text ``demo/config`` and ``config.json`` / ``result.json`` files (its sweep
+runs hold only ``sweep/test_acc`` and the JSON files). The per-layer scalars, or a sweep run's
+final accuracy, are what the report needs; everything else refines what it can say.
 
 Events are read with tensorboard's own :class:`EventAccumulator` (no TensorFlow), keeping every
 event (``size_guidance`` 0) and never purging: when a step appears twice (a resumed run) the
@@ -24,14 +25,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from normwatch import metrics
+
 #: Prefix of every tag normwatch writes.
 PREFIX = "normwatch"
 #: Event tag of ``writer.add_text("normwatch/config", json)``.
 CONFIG_TAG = "normwatch/config/text_summary"
 #: Event tag of the demo's ``writer.add_text("demo/config", json)``.
 DEMO_CONFIG_TAG = "demo/config/text_summary"
-#: Per-layer hyperparameter metrics (``normwatch/lr/<layer>`` ...).
-HYPER_METRICS = ("lr", "weight_decay", "momentum")
+#: Scalars holding test accuracy: the demo's main runs' and its sweep runs' (the HParams metric).
+TEST_ACC_TAGS = ("test/acc", "sweep/test_acc")
+#: Per-layer hyperparameter metrics (``normwatch/lr/<layer>`` ...), from the registry.
+HYPER_METRICS = metrics.names("hyper")
 
 
 @dataclass(frozen=True)
@@ -213,10 +218,12 @@ class Run:
 
     @property
     def final_test_acc(self) -> float | None:
-        """Test accuracy at the last logged step of ``test/acc``, else from ``result.json``."""
-        s = self.scalars.get("test/acc")
-        if s is not None and len(s):
-            return s.last()
+        """Test accuracy at the last logged step of ``test/acc`` (a demo sweep run's ``sweep/test_acc``),
+        else from ``result.json``."""
+        for tag in TEST_ACC_TAGS:
+            s = self.scalars.get(tag)
+            if s is not None and len(s):
+                return s.last()
         for key in ("test_acc", "final_test_acc", "test/acc", "acc"):
             value = _as_float(self.result.get(key), None)
             if value is not None:
@@ -227,6 +234,11 @@ class Run:
     def has_normwatch(self) -> bool:
         """Whether the run logged any normwatch per-layer metric (besides hyperparameters)."""
         return any(m not in HYPER_METRICS and per for m, per in self.metrics.items())
+
+    @property
+    def is_sweep_point(self) -> bool:
+        """A run of the demo's learning-rate sweep with a peak lr and a final test accuracy."""
+        return self.part == "sweep" and self.peak_lr is not None and self.final_test_acc is not None
 
     def describe(self) -> str:
         """One line: optimizer, momentum, peak lr, steps, layers and final test accuracy."""

@@ -1,16 +1,21 @@
-r"""Pure numpy formulas the report uses: smoothing, equilibrium predictions, the norm target.
+r"""Numpy helpers the report uses: smoothing, and the formulas of :mod:`normwatch.theory` per step.
 
-Notation follows ``shared/reference/theory.md``: η is the learning rate, λ the weight decay,
-μ the momentum and τ_d the dampening (the seed writes λ, α, ρ for η, λ, μ). Every function
-takes numpy arrays (or floats) and returns arrays of the broadcast shape; none of them reads
-event files or draws anything, so the verdicts and the figures compute each quantity once,
-here.
+Notation: η is the learning rate, λ the weight decay, μ the momentum and τ_d the dampening (the
+seed writes λ, α, ρ for η, λ, μ). The formulas live once, as scalar functions, in
+:mod:`normwatch.theory`; the functions here apply them to arrays of per-step hyperparameters and
+return arrays of the broadcast shape. None of them reads event files or draws anything, so the
+verdicts and the figures compute each quantity once, here.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from normwatch import theory
 
 FloatArray = NDArray[np.float64]
 
@@ -67,6 +72,19 @@ def moving_average(values: ArrayLike, window: int) -> FloatArray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def _each(formula: Callable[..., float], *args: ArrayLike, fallback: float = np.nan) -> FloatArray:
+    """``formula`` (a scalar function of :mod:`normwatch.theory`) on every element of the broadcast
+    ``args``, each distinct combination once; ``fallback`` where it raises ``ValueError`` (out of range)."""
+    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in args))
+    rows = np.stack([a.ravel() for a in arrays], axis=-1)
+    combos, inverse = np.unique(rows, axis=0, return_inverse=True)
+    out = np.full(len(combos), fallback, dtype=np.float64)
+    for i, combo in enumerate(combos):
+        with contextlib.suppress(ValueError):
+            out[i] = formula(*(float(x) for x in combo))
+    return out[np.ravel(inverse)].reshape(arrays[0].shape)
+
+
 def relaxation_time(
     lr: ArrayLike,
     weight_decay: ArrayLike,
@@ -105,39 +123,25 @@ def relaxation_time(
         >>> round(float(relaxation_time(0.4, 5e-4, 0.9)), 9)
         125.0
     """
-    from normwatch import theory
-
-    eta, lam, mu = np.broadcast_arrays(
-        np.asarray(lr, dtype=np.float64),
-        np.asarray(weight_decay, dtype=np.float64),
-        np.asarray(momentum, dtype=np.float64),
-    )
     if family == "adam":
-        return np.full(eta.shape, np.nan)
-    rows = np.stack([eta.ravel(), lam.ravel(), mu.ravel()], axis=-1)
-    combos, inverse = np.unique(rows, axis=0, return_inverse=True)
-    taus = np.empty(len(combos))
-    for i, (e, la, m) in enumerate(combos):
-        try:
-            if family == "adamw":
-                taus[i] = theory.adamw_relaxation_steps(float(e), float(la))
-            else:
-                taus[i] = theory.sgd_relaxation_steps(float(e), float(la), float(m), dampening)
-        except ValueError:  # negative or NaN hyperparameters, momentum >= 1: no equilibrium
-            taus[i] = np.inf
-    return taus[np.ravel(inverse)].reshape(eta.shape)
+        return np.full(np.broadcast(np.asarray(lr), np.asarray(weight_decay), np.asarray(momentum)).shape, np.nan)
+    if family == "adamw":
+        return _each(lambda e, la, _: theory.adamw_relaxation_steps(e, la), lr, weight_decay, momentum,
+                     fallback=np.inf)
+    return _each(lambda e, la, m: theory.sgd_relaxation_steps(e, la, m, dampening), lr, weight_decay, momentum,
+                 fallback=np.inf)
 
 
 def seed_lars_prediction(
     lr: ArrayLike, weight_decay: ArrayLike, momentum: ArrayLike, dampening: float = 0.0
 ) -> FloatArray:
-    r"""The seed's equilibrium value of η|g|/|w| (its eqs. 6 and 7), per step.
+    r"""The seed's equilibrium value of η|g|/|w| (its eqs. 6 and 7), per step:
+    :func:`normwatch.theory.seed_lars_ratio` on each step's hyperparameters.
 
     .. math:: \eta\frac{|g|}{|w|} \approx \sqrt{\frac{2\eta\lambda(1-\mu)}{1-\tau_d}}
 
-    For μ = 0 this is :math:`\sqrt{2\eta\lambda}`; dampening τ_d (theory.md §1) is 0 in the seed.
-    Equilibrium balances the *means* of shrink and growth (:math:`2\eta\lambda|w|^2 \approx
-    \eta^2|g|^2` for μ = 0), so this predicts the root mean square of η|g|/|w|.
+    Equilibrium balances the *means* of shrink and growth, so this predicts the root mean square
+    of η|g|/|w|.
 
     Args:
         lr: learning rate η.
@@ -146,16 +150,14 @@ def seed_lars_prediction(
         dampening: SGD dampening τ_d.
 
     Returns:
-        The prediction, shape of the broadcast inputs.
+        The prediction, shape of the broadcast inputs; NaN where the hyperparameters are out of
+        range (negative, or μ ≥ 1).
 
     Example:
         >>> round(float(seed_lars_prediction(0.4, 5e-4, 0.9)), 5)
         0.00632
     """
-    eta = np.asarray(lr, dtype=np.float64)
-    lam = np.asarray(weight_decay, dtype=np.float64)
-    mu = np.asarray(momentum, dtype=np.float64)
-    return np.sqrt(np.clip(2.0 * eta * lam * (1.0 - mu) / (1.0 - dampening), 0.0, None))
+    return _each(lambda e, la, m: theory.seed_lars_ratio(e, la, m, dampening), lr, weight_decay, momentum)
 
 
 def scale_free_grad_sq(lars_ratio: ArrayLike, w_norm2: ArrayLike, lr: ArrayLike) -> FloatArray:
@@ -196,10 +198,10 @@ def norm_over_equilibrium(
     momentum: ArrayLike,
     dampening: float = 0.0,
 ) -> FloatArray:
-    r"""|w|/|w*|: the distance of the weight norm from its SGD-family equilibrium (theory.md §1).
+    r"""|w|/|w*|: the distance of the weight norm from its SGD-family equilibrium |w*|, which is
+    :func:`normwatch.theory.sgd_equilibrium_norm` on each step's η, λ, E[G²], μ.
 
-    .. math:: |w^*|^4 = \frac{\eta(1-\tau_d)\,E[G^2]}{2\lambda(1-\mu)}, \qquad
-        \frac{|w|}{|w^*|} = \Big(\frac{|w|^4\,2\lambda(1-\mu)}{\eta(1-\tau_d)\,E[G^2]}\Big)^{1/4}
+    .. math:: |w^*|^4 = \frac{\eta(1-\tau_d)\,E[G^2]}{2\lambda(1-\mu)}
 
     Args:
         w_norm2: |w|² per step.
@@ -211,18 +213,16 @@ def norm_over_equilibrium(
         dampening: SGD dampening τ_d.
 
     Returns:
-        |w|/|w*| per step; NaN where η, λ or E[G²] is not positive.
+        |w|/|w*| per step; NaN where η, λ or E[G²] is not positive (no finite, non-zero |w*|).
 
     Example:
         >>> round(float(norm_over_equilibrium(1.0, 2 * 5e-4 * 0.1 / 0.4, 0.4, 5e-4, 0.9)), 12)
         1.0
     """
-    w2 = np.asarray(w_norm2, dtype=np.float64)
-    denom = np.asarray(lr, dtype=np.float64) * (1.0 - dampening) * np.asarray(mean_grad_sq, dtype=np.float64)
-    numer = w2 * w2 * 2.0 * np.asarray(weight_decay, dtype=np.float64) * (1.0 - np.asarray(momentum))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where((denom > 0) & (numer > 0), numer / np.where(denom > 0, denom, 1.0), np.nan)
-    return np.power(ratio, 0.25)
+    target = _each(lambda e, la, g2, m: theory.sgd_equilibrium_norm(e, la, g2, m, dampening),
+                   lr, weight_decay, mean_grad_sq, momentum)
+    target = np.where(np.isfinite(target) & (target > 0), target, np.nan)
+    return np.sqrt(np.asarray(w_norm2, dtype=np.float64)) / target
 
 
 def rms(values: ArrayLike) -> float:

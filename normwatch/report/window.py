@@ -192,9 +192,7 @@ def equilibrium_window(
     if not np.any(lam > 0):
         return Window(None, None, reason="no weight decay (λ = 0), so there is no equilibrium norm", **base)
 
-    accrued = np.zeros(t.size)
-    gaps = np.diff(t[peak:]) / tau[peak:-1]
-    accrued[peak + 1 :] = np.cumsum(gaps)
+    accrued = _accrued(t, tau, peak)
     # The relative slack absorbs float32 rounding of logged hyperparameters (t_peak + kτ exactly).
     ready = np.nonzero((np.arange(t.size) >= peak) & (accrued >= k * (1.0 - 1e-6)))[0]
     if ready.size == 0:
@@ -225,6 +223,13 @@ def equilibrium_window(
     broken = np.nonzero(~tracking[start:])[0]
     stop = start + int(broken[0]) - 1 if broken.size else t.size - 1
     return Window(int(t[start]), int(t[stop]), **base)
+
+
+def _accrued(t: np.ndarray, tau: np.ndarray, peak: int) -> np.ndarray:
+    """Relaxation times accrued since the peak step, Σ Δt/τ, at each logged step (0 up to the peak)."""
+    accrued = np.zeros(t.size)
+    accrued[peak + 1 :] = np.cumsum(np.diff(t[peak:]) / tau[peak:-1])
+    return accrued
 
 
 def _n_c(t: np.ndarray, eta: np.ndarray, lam: np.ndarray, mu: np.ndarray, peak: int) -> float | None:
