@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one go (about 6 minutes on an H100), most important first, each log
+# Every check that needs a CUDA GPU, in one go (about 8 minutes on an H100), most important first, each log
 # kept in OUT_DIR:
 #   1. the CUDA tests: no host-device sync in the hooks (SGD, Adam+L2, AdamW; foreach and fused; eager and
-#      fused statistics), bf16 + channels_last, torch.compile, fp16 GradScaler;
+#      fused statistics; every capturable optimizer), bf16 + channels_last, torch.compile, fp16 GradScaler;
 #   2. the demo's targets: SEEDS runs of the full sgdm recipe (24 epochs, normwatch attached), whose median
 #      must train in ≤ 20 s on an H100 and reach ≥ 94% test accuracy on official CIFAR-10;
-#   3. the overhead bar (≤ 1.02 at full width, batch 512, every=1), eager and fused (compiled) statistics;
-#   4. the demo with fused statistics, and with --compile.
+#   3. the overhead bar (≤ 1.02 at every=1), eager and fused (compiled) statistics, on ResNet-9 at full width
+#      (batch 512) and on the 120-matrix transformer (AdamW), with the peak memory each step allocates;
+#   4. the demo with fused statistics, and with --compile;
+#   5. the LM study's full preset (its parts on one GPU), if time is left.
 #
 #   bash benchmarks/gpu_check.sh DATA_DIR [OUT_DIR]      # PYTHON=python3.12 SEEDS=3 pick others
 #
@@ -47,8 +49,14 @@ print(f"{len(results)} runs: test acc {[r['test_acc'] for r in results]}, median
 print(f"train time s {[r['train_time_s'] for r in results]}, median {train:.1f} (target <= 20 on an H100)")
 sys.exit(0 if acc >= 0.94 and train <= 20 else 1)
 EOF
-$PY benchmarks/overhead.py --device cuda --width 64 --batch 512 2>&1 | tee "$OUT/overhead.txt" || status=1
-$PY benchmarks/overhead.py --device cuda --width 64 --batch 512 --fused 2>&1 | tee -a "$OUT/overhead.txt" || status=1
+for model in resnet9 transformer; do
+    for stats in "" --fused; do
+        $PY benchmarks/overhead.py --device cuda --model $model --width 64 --batch 512 $stats 2>&1 \
+            | tee -a "$OUT/overhead.txt" || status=1
+    done
+done
 demo demo-fused.txt "$OUT/study-fused" --fused-stats
 demo demo-compile.txt "$OUT/study-compile" --compile
+$PY demo/train_lm.py --preset full --data "${LM_DATA:-data/tinyshakespeare/input.txt}" --out "$OUT/lm" 2>&1 \
+    | tee "$OUT/lm.txt" || status=1
 exit $status

@@ -28,6 +28,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from benchmarks.models import Transformer, lm_batch, resnet9
 
 
+def setup(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn.Module, list, tuple]:
+    """Two identical models (ResNet-9 with Nesterov SGD, or the transformer with AdamW), their optimizers and a
+    batch; channels-last on CUDA for the convnet."""
+    lm = args.model == "transformer"
+    torch.manual_seed(0)
+    make = (lambda: Transformer(d=4 * args.width)) if lm else (lambda: resnet9(args.width))
+    plain, watched = make().to(device), make().to(device)
+    watched.load_state_dict(plain.state_dict())
+    cuda = device.type == "cuda"
+    if cuda and not lm:
+        plain, watched = plain.to(memory_format=torch.channels_last), watched.to(memory_format=torch.channels_last)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1) if lm else
+            torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            for m in (plain, watched)]
+    if lm:
+        return plain, watched, opts, tuple(t.to(device) for t in lm_batch(batch=args.batch))
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    x = x.to(memory_format=torch.channels_last) if cuda else x
+    return plain, watched, opts, (x, torch.randint(0, 10, (args.batch,), device=device))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -46,25 +67,9 @@ def main() -> None:
     block = args.block or (10 if cuda else 1)
 
     lm = args.model == "transformer"
-    torch.manual_seed(0)
-    make = (lambda: Transformer(d=4 * args.width)) if lm else (lambda: resnet9(args.width))
-    plain, watched = make().to(device), make().to(device)
-    watched.load_state_dict(plain.state_dict())
-    if cuda and not lm:
-        plain, watched = plain.to(memory_format=torch.channels_last), watched.to(memory_format=torch.channels_last)
-    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1) if lm else
-            torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-            for m in (plain, watched)]
+    plain, watched, opts, (x, y) = setup(args, device)
     logdir = tempfile.mkdtemp(prefix="normwatch-bench-")
     watch = normwatch.attach(watched, opts[1], logdir=logdir, every=args.every, fused=args.fused)
-
-    if lm:
-        x, y = (t.to(device) for t in lm_batch(batch=args.batch))
-    else:
-        x = torch.randn(args.batch, 3, 32, 32, device=device)
-        y = torch.randint(0, 10, (args.batch,), device=device)
-        if cuda:
-            x = x.to(memory_format=torch.channels_last)
 
     peaks: dict[str, int] = {"plain": 0, "normwatch": 0}  # CUDA: most memory a turn allocated above its start
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from normwatch._warn import warn
 from normwatch.rules import DEFAULT_EMA_BETA
 
 ForwardFilter = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], bool]
@@ -74,3 +76,23 @@ def check_destination(logdir: Any, writer: Any) -> None:
     if writer is not None and not callable(getattr(writer, "add_scalar", None)):
         raise TypeError(f"Expected argument `writer` to be a SummaryWriter (with add_scalar), but got "
                         f"{type(writer).__name__}; pass a directory as `logdir`.")
+
+
+class StepFn:
+    """A trainer's step counter (``attach(step_fn=...)``), read as each step starts; on a failure or a value that
+    is no int, one warning and normwatch's own count from then on."""
+
+    def __init__(self, fn: Callable[[], int] | None) -> None:
+        self._fn = fn
+
+    def read(self) -> int | None:
+        if self._fn is None:
+            return None
+        try:
+            value = self._fn()
+            return int(value) if isinstance(value, float) and value.is_integer() else operator.index(value)
+        except Exception as error:
+            self._fn = None
+            warn(f"normwatch: step_fn failed or returned no int ({type(error).__name__}: {error}); from now "
+                 "on the x axis counts optimizer steps.", RuntimeWarning)
+            return None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import operator
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +34,7 @@ from normwatch.detect import Layer, unwrap
 from normwatch.discovery import Discovery
 from normwatch.manual import ManualSteps
 from normwatch.notes import Notes
-from normwatch.options import ForwardFilter, Options, check_destination
+from normwatch.options import ForwardFilter, Options, StepFn, check_destination
 from normwatch.param_groups import ParamGroups
 from normwatch.records import Recorder, StepRecord
 from normwatch.resume import Resume
@@ -128,7 +127,7 @@ class Watcher:
         self._resume = Resume()
         self._ring = Ring(options.flush_every, options.flush_secs)
         self._calls = options.start_step  # step-hook calls (skipped AMP steps included until written)
-        self._step_fn = options.step_fn
+        self._step_fn = StepFn(options.step_fn)
         self._step_now: int | None = None  # step_fn's value for the step under way
         self._notes = Notes()
         self._closed = False
@@ -351,7 +350,7 @@ class Watcher:
         if not self._tracked.tensors:
             return
         self._armed = True
-        self._step_now = self._read_step()
+        self._step_now = self._step_fn.read()
         skip_aware = getattr(self._optimizer, "found_inf", None) is not None  # fused optimizer under a GradScaler
         self._recording = skip_aware or self._calls % self.every == 0
         self._recorder.filter_every = self._recorder.filter_every or (skip_aware and self.every > 1)
@@ -360,19 +359,6 @@ class Watcher:
         if mirroring_anew:  # a group's memory mirrors a buffer again (momentum back from 0): adopt, and wait
             self._resume.adopt_optimizer_state(mirroring_anew, self._optimizer, self._hypers, use_loaded=False)
             self._say_withheld()
-
-    def _read_step(self) -> int | None:
-        """step_fn's value for the step under way; on a failure or a non-int, one warning and normwatch's count."""
-        if self._step_fn is None:
-            return None
-        try:
-            value = self._step_fn()
-            return int(value) if isinstance(value, float) and value.is_integer() else operator.index(value)
-        except Exception as error:
-            self._step_fn = None
-            warn(f"normwatch: step_fn failed or returned no int ({type(error).__name__}: {error}); from now "
-                 "on the x axis counts optimizer steps.", RuntimeWarning)
-            return None
 
     @torch.compiler.disable
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
