@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
@@ -31,6 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_map
 
 from normwatch import _dist
+from normwatch._preserve import kept
 from normwatch._warn import warn
 from normwatch.flow import Granularity, Owned, ScaleTracer, Source, TraceResult, _tensors
 
@@ -296,49 +295,15 @@ def _no_autocast() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _preserved(base: nn.Module) -> Iterator[Any]:
-    """Run forwards in training mode without gradients, then put everything back as it was.
-
-    A model in eval mode is switched with ``train()``; a model already training keeps every submodule's
-    own mode, so a BatchNorm the user froze with ``.eval()`` keeps using running statistics.
-
-    Yields ``replay``: a function that restores the buffers and the random state to their values at
-    entry (torch's generators, Python's ``random`` and NumPy's global one), so every forward inside sees the
-    same BatchNorm statistics and the same dropout masks. A buffer
-    the forward replaced (``self.ema = ...``) gets its own tensor object back.
-    """
-    modes = [(m, m.training) for m in base.modules()]
+    """:func:`normwatch._preserve.kept`, with forwards without gradients or autocast, and SyncBatchNorm
+    normalising with each rank's own statistics (the module docstring says why)."""
     synced = [m for m in base.modules() if isinstance(m, nn.SyncBatchNorm) and "forward" not in vars(m)]
-    # each buffer slot's tensor and its value: a forward may update a buffer in place or replace it
-    buffers = [(m._buffers, name, b, None if b is None else b.detach().clone())
-               for m in base.modules() for name, b in m._buffers.items()]
-    devices = sorted({t.device.index or 0 for t in [*base.parameters(), *base.buffers()] if t.is_cuda})
-    python_state, numpy_state = random.getstate(), np.random.get_state()  # a forward may draw from these too
-    with torch.random.fork_rng(devices=devices):
-        cpu_state = torch.get_rng_state()
-        cuda_states = [torch.cuda.get_rng_state(d) for d in devices]
-
-        def replay() -> None:
-            for table, name, buffer, value in buffers:
-                table[name] = buffer
-                if buffer is not None:
-                    buffer.copy_(value)
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-            torch.set_rng_state(cpu_state)
-            for d, state in zip(devices, cuda_states):
-                torch.cuda.set_rng_state(state, d)
-
+    with kept(base) as replay:
+        for m in synced:
+            m.forward = functools.partial(_BatchNorm.forward, m)
         try:
-            if not base.training:  # a training model keeps its submodules' modes: a frozen BN stays frozen
-                base.train()
-            for m in synced:  # local statistics, as the module docstring explains
-                m.forward = functools.partial(_BatchNorm.forward, m)
             with torch.no_grad(), _no_autocast():
                 yield replay
         finally:
             for m in synced:
                 del m.forward
-            with torch.no_grad():
-                replay()
-            for m, training in modes:
-                m.training = training

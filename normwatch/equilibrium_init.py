@@ -21,21 +21,19 @@ keeps its statistics, with a warning.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from normwatch import rules, theory
+from normwatch._preserve import kept
 from normwatch._warn import warn
 from normwatch.detect import Layer, detect, unwrap
 from normwatch.optim import LARS
@@ -144,12 +142,12 @@ def equilibrium_init(
     params = dict(base.named_parameters(remove_duplicate=False))
     plans = [_plan(layer, params, optimizer, lr) for layer in found]
     active = [plan for plan in plans if plan.hyper is not None]
-    with _preserved(base) as replay:
+    with kept(base) as replay:
         grad_sq = _scale_free_grad_sq(model, base, batches, loss_fn, active, replay)
         results = _results(plans, active, grad_sq)
         scaled = [(plan, results[plan.layer.name].factor) for plan in active if results[plan.layer.name].factor != 1.0]
         maps = _rescale(base, batches[0][0], scaled, replay)
-    _apply_maps(base, maps)  # after _preserved put the buffers back
+    _apply_maps(base, maps)  # after kept() put the buffers back
     _warn_about(plans, results, optimizer, maps)
     return results
 
@@ -336,45 +334,6 @@ def _apply_maps(base: nn.Module, maps: dict[str, tuple[torch.Tensor, torch.Tenso
             mean, var = norm.running_mean, norm.running_var
             mean.copy_((s * mean.double() + o).to(mean.dtype))
             var.copy_((s * s * var.double()).to(var.dtype))
-
-
-# -- leaving everything else as it was -----------------------------------------------------------------------
-@contextlib.contextmanager
-def _preserved(base: nn.Module) -> Iterator[Callable[[], None]]:
-    """Training-mode forwards that change nothing: yields ``replay``, which puts the buffers and random
-    generators back to their values at entry; on exit they and every module's mode are restored.
-
-    A model in eval mode is switched with ``train()``; a training model keeps each submodule's own mode (a
-    BatchNorm frozen with ``.eval()`` stays frozen)."""
-    modes = [(m, m.training) for m in base.modules()]
-    buffers = [(m._buffers, name, b, None if b is None else b.detach().clone())
-               for m in base.modules() for name, b in m._buffers.items()]
-    devices = sorted({t.device.index or 0 for t in [*base.parameters(), *base.buffers()] if t.is_cuda})
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
-        cpu_state = torch.get_rng_state()
-        cuda_states = [torch.cuda.get_rng_state(d) for d in devices]
-
-        def replay() -> None:
-            with torch.no_grad():
-                for table, name, buffer, value in buffers:
-                    table[name] = buffer
-                    if buffer is not None:
-                        buffer.copy_(value)
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-            torch.set_rng_state(cpu_state)
-            for d, state in zip(devices, cuda_states):
-                torch.cuda.set_rng_state(state, d)
-
-        try:
-            if not base.training:
-                base.train()
-            yield replay
-        finally:
-            replay()
-            for m, training in modes:
-                m.training = training
 
 
 def _warn_about(plans: list[_Plan], results: dict[str, LayerScale], optimizer: torch.optim.Optimizer,

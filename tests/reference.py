@@ -64,7 +64,7 @@ def reference_metrics(captured: list[dict], layers: Layers, refs: dict[str, Any]
             unit = w / w.norm()
             u_r = u @ unit
             u_perp = u - u_r * unit
-            scaled = torch.cat([(record[n][3]["trust_ratio"] * record[n][1]).flatten() for n in names]) if trust else g
+            scaled = torch.cat([(_trust(record[n], refs[n]) * record[n][1]).flatten() for n in names]) if trust else g
             mem = torch.cat([m.flatten() for m in mems]) if all(m is not None for m in mems) else None
             step[layer] = {
                 "w_norm2": (w @ w).item(),
@@ -81,6 +81,12 @@ def reference_metrics(captured: list[dict], layers: Layers, refs: dict[str, Any]
             }
         out.append(step)
     return out
+
+
+def _trust(record: tuple, ref: Any) -> torch.Tensor:
+    """The trust ratio of a LARS step: the reference's own where it computes one, else the optimizer's."""
+    own = getattr(ref, "trust", None)
+    return own if own is not None else record[3]["trust_ratio"]
 
 
 def value(history: dict, metric: str, layer: str, step: int) -> float | None:

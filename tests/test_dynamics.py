@@ -10,13 +10,12 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import normwatch
 from normwatch import buckets, chunk
 from normwatch.optim import LARS
 from tests.models import Lion
+from tests.reference import assert_bookkeeping_adds_up, assert_matches, reference_metrics, train_and_capture, value
 
 STEPS = 12
 
@@ -39,24 +38,12 @@ LAYERS = {"0": ["0.weight"], "4": ["4.weight", "4.bias"]}
 
 
 def _train(make_opt, every: int = 1, fused: bool = False, dtype: torch.dtype = torch.float32):
-    """Train with normwatch attached; capture (w_t, g_t, w_{t+1}) per tracked tensor per step."""
-    model = _model().to(dtype)
-    opt = make_opt(model)
-    watch = normwatch.attach(model, opt, writer=None, logdir=None, keep_history=True, every=every, fused=fused)
-    params = dict(model.named_parameters())
-    captured = []
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(STEPS):
-        x, y = torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)
-        loss = F.cross_entropy(model(x.to(dtype)).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        before = {n: (params[n].detach().double().clone(), params[n].grad.double().clone())
-                  for names in LAYERS.values() for n in names}
-        opt.step()
-        captured.append({n: (w, g, params[n].detach().double().clone()) for n, (w, g) in before.items()})
-    watch.close()
-    return watch, captured
+    """Train with normwatch attached; capture (w_t, g_t, w_{t+1}, state) per tracked tensor per step."""
+    def batch(gen):
+        return torch.randn(16, 3, 8, 8, generator=gen).to(dtype), torch.randint(0, 5, (16,), generator=gen)
+
+    return train_and_capture(_model().to(dtype), LAYERS, make_opt, steps=STEPS, batch=batch, every=every,
+                             fused=fused)
 
 
 class Reference:
@@ -70,7 +57,7 @@ class Reference:
         self.t = 0
         self.b_g = self.b_wd = self.m_g = self.m_wd = self.v2 = self.v2_max = self.ema = None
 
-    def step(self, w: torch.Tensor, g: torch.Tensor, sibling_norms: tuple[float, float] | None = None):
+    def step(self, w: torch.Tensor, g: torch.Tensor, w_next: torch.Tensor | None = None, state: dict | None = None):
         self.t += 1
         lr, wd, mu = self.lr, self.wd, self.mu
         if self.family in ("adam", "adamw"):
@@ -92,6 +79,7 @@ class Reference:
         trust = 1.0
         if self.family == "lars":
             trust = float(w.norm() / (g + wd * w).norm())
+            self.trust = torch.tensor(trust, dtype=torch.float64)  # for lars_ratio, computed here
         if mu == 0:  # no momentum buffer: normwatch's own moving average with beta 0.9
             memory = self.ema if self.ema is not None else torch.zeros_like(w)
             self.ema = 0.9 * memory + 0.1 * g
@@ -108,48 +96,8 @@ class Reference:
         return -lr * self.b_wd, -lr * self.b_g, memory
 
 
-def _reference_metrics(captured, refs: dict[str, Reference], lr: float, lars: bool = False):
-    """Per step, per layer: every metric from the float64 vectors."""
-    out = []
-    for record in captured:
-        step = {}
-        for layer, names in LAYERS.items():
-            cat = {k: torch.cat([v.flatten() for v in vs]) for k, vs in zip(
-                ("w", "g", "w1", "uwd", "ug", "mem"), zip(*[(*record[n], *refs[n].step(*record[n][:2]))
-                                                             for n in names]))}
-            w, g, w1, uwd, ug, mem = cat["w"], cat["g"], cat["w1"], cat["uwd"], cat["ug"], cat["mem"]
-            u = w1 - w
-            assert torch.allclose(uwd + ug, u, rtol=1e-4, atol=1e-6 * w.abs().max().item()), "reference is off"
-            what = w / w.norm()
-            u_r = u @ what
-            u_perp = u - u_r * what
-            trust_g = g
-            if lars:
-                trust_g = torch.cat([(record[n][0].norm() / (record[n][1] + refs[n].wd * record[n][0]).norm())
-                                     * record[n][1].flatten() for n in names])
-            step[layer] = {
-                "w_norm2": (w @ w).item(),
-                "cos_wg": (w @ g / (w.norm() * g.norm())).item(),
-                "shrink": -(2 * w @ uwd + uwd @ uwd).item(),
-                "growth": (2 * w @ ug + ug @ ug).item(),
-                "cross": (2 * uwd @ ug).item(),
-                "delta": (w1 @ w1 - w @ w).item(),
-                "radial": ((w.norm() + u_r) ** 2 - w @ w).item(),
-                "tangential": (u_perp @ u_perp).item(),
-                "angle": math.atan2(u_perp.norm().item(), (w.norm() + u_r).item()),
-                "lars_ratio": (lr * trust_g.norm() / w.norm()).item(),
-                "grad_autocorr": (g @ mem / (g.norm() * mem.norm())).item() if mem.norm() > 0 else None,
-            }
-        out.append(step)
-    return out
-
-
 def _refs(family: str, **hp) -> dict[str, Reference]:
     return {n: Reference(family, **hp) for names in LAYERS.values() for n in names}
-
-
-def _value(history, metric: str, layer: str, step: int):
-    return dict(history.get(f"normwatch/{metric}/{layer}", [])).get(step)
 
 
 OPTIMIZERS = [
@@ -206,43 +154,15 @@ def test_chunks_of_one_tensor_match_the_reference_too(name, make_opt, hp, fused,
 
 def assert_matches_reference(name, hp, watch, captured) -> None:
     family = FAMILY[name]
-    lr = hp["lr"]
-    reference = _reference_metrics(captured, _refs(family, **hp), lr, lars=family == "lars")
-    history = watch.history
-    for step, expected in enumerate(reference):
-        for layer, metrics in expected.items():
-            scale = metrics["w_norm2"]
-            for metric, want in metrics.items():
-                if metric == "delta" or want is None:
-                    continue
-                got = _value(history, metric, layer, step)
-                assert got is not None, f"{metric}/{layer} missing at step {step}"
-                if metric in ("shrink", "growth", "cross", "radial", "tangential"):
-                    tol = 1e-5 * scale
-                elif metric in ("cos_wg", "grad_autocorr"):
-                    tol = 1e-4
-                else:
-                    tol = 1e-5 * abs(want)
-                assert got == pytest.approx(want, abs=tol + 1e-12), (name, metric, layer, step)
+    expected = reference_metrics(captured, LAYERS, _refs(family, **hp), hp["lr"], trust=family == "lars")
+    assert_matches(watch.history, expected, name)
 
 
 @pytest.mark.parametrize(("name", "make_opt", "hp"), [pytest.param(*o, id=o[0]) for o in OPTIMIZERS])
 def test_norm_bookkeeping_adds_up_to_the_measured_change(name, make_opt, hp) -> None:
     """growth − shrink + cross and radial + tangential both equal |w_{t+1}|² − |w_t|² to float precision."""
     watch, captured = _train(make_opt)
-    history = watch.history
-    for step, record in enumerate(captured):
-        for layer, names in LAYERS.items():
-            w = torch.cat([record[n][0].flatten() for n in names])
-            w1 = torch.cat([record[n][2].flatten() for n in names])
-            measured = (w1 @ w1 - w @ w).item()
-            split = (_value(history, "growth", layer, step) - _value(history, "shrink", layer, step)
-                     + _value(history, "cross", layer, step))
-            radial = _value(history, "radial", layer, step) + _value(history, "tangential", layer, step)
-            # float32 sums of O(|w|²) terms: a few ulps of |w|², far below the change itself
-            tol = 2e-6 * (w @ w).item()
-            assert split == pytest.approx(measured, abs=tol), (step, layer)
-            assert radial == pytest.approx(measured, abs=tol), (step, layer)
+    assert_bookkeeping_adds_up(watch.history, captured, LAYERS)
 
 
 def test_sgd_without_momentum_reduces_to_the_seed_equations() -> None:
@@ -253,10 +173,10 @@ def test_sgd_without_momentum_reduces_to_the_seed_equations() -> None:
     for step, record in enumerate(captured):
         w, g = record["0.weight"][0].flatten(), record["0.weight"][1].flatten()
         ww, gg, wg = (w @ w).item(), (g @ g).item(), (w @ g).item()
-        assert _value(history, "shrink", "0", step) == pytest.approx((1 - (1 - lr * wd) ** 2) * ww, rel=1e-5)
+        assert value(history, "shrink", "0", step) == pytest.approx((1 - (1 - lr * wd) ** 2) * ww, rel=1e-5)
         # the measured update carries the fp32 rounding of w − η(g + λw): about eps·|w| per element
-        assert _value(history, "growth", "0", step) == pytest.approx(lr**2 * gg - 2 * lr * wg, abs=2e-7 * ww)
-        assert _value(history, "cross", "0", step) == pytest.approx(2 * lr**2 * wd * wg, abs=1e-9)
+        assert value(history, "growth", "0", step) == pytest.approx(lr**2 * gg - 2 * lr * wg, abs=2e-7 * ww)
+        assert value(history, "cross", "0", step) == pytest.approx(2 * lr**2 * wd * wg, abs=1e-9)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
@@ -268,11 +188,11 @@ def test_bfloat16_weights_get_float32_bookkeeping(fused) -> None:
                              dtype=torch.bfloat16)
     history = watch.history
     for step, record in enumerate(captured):
-        w, _, w1 = (t.flatten() for t in record["0.weight"])
+        w, _, w1 = (t.flatten() for t in record["0.weight"][:3])
         ww, measured = (w @ w).item(), (w1 @ w1 - w @ w).item()
-        assert _value(history, "shrink", "0", step) == pytest.approx((1 - (1 - lr * wd) ** 2) * ww, rel=1e-5)
-        split = (_value(history, "growth", "0", step) - _value(history, "shrink", "0", step)
-                 + _value(history, "cross", "0", step))
+        assert value(history, "shrink", "0", step) == pytest.approx((1 - (1 - lr * wd) ** 2) * ww, rel=1e-5)
+        split = (value(history, "growth", "0", step) - value(history, "shrink", "0", step)
+                 + value(history, "cross", "0", step))
         assert split == pytest.approx(measured, abs=2e-6 * ww), step
 
 
@@ -281,8 +201,8 @@ def test_theory_tags_use_the_seed_formulas() -> None:
     lr, wd, mu = 0.05, 5e-3, 0.9
     watch, _ = _train(lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=mu, weight_decay=wd))
     ratio = math.sqrt(2 * lr * wd * (1 - mu))
-    assert _value(watch.history, "lars_theory", "0", 3) == pytest.approx(ratio, rel=1e-3)
-    assert _value(watch.history, "angle_theory", "0", 3) == pytest.approx(math.sqrt(2 * lr * wd / (1 + mu)), rel=1e-3)
+    assert value(watch.history, "lars_theory", "0", 3) == pytest.approx(ratio, rel=1e-3)
+    assert value(watch.history, "angle_theory", "0", 3) == pytest.approx(math.sqrt(2 * lr * wd / (1 + mu)), rel=1e-3)
 
 
 def test_no_weight_decay_means_no_theory_tags_and_one_note() -> None:
@@ -300,8 +220,8 @@ def test_unknown_optimizer_gets_every_measured_metric_and_a_note() -> None:
     metrics = {tag.split("/")[1] for tag in watch.history}
     assert {"w_norm2", "cos_wg", "radial", "tangential", "angle", "lars_ratio", "grad_autocorr"} <= metrics
     assert not metrics & {"shrink", "growth", "cross", "lars_theory", "angle_theory"}
-    w, _, w1 = captured[4]["0.weight"]
-    assert (_value(watch.history, "radial", "0", 4) + _value(watch.history, "tangential", "0", 4)
+    w, _, w1, _ = captured[4]["0.weight"]
+    assert (value(watch.history, "radial", "0", 4) + value(watch.history, "tangential", "0", 4)
             == pytest.approx((w1.flatten() @ w1.flatten() - w.flatten() @ w.flatten()).item(), abs=1e-6))
 
 
@@ -314,8 +234,8 @@ def test_every_records_every_nth_step_and_keeps_the_memory_exact() -> None:
     assert steps == [0, 3, 6, 9]
     for s in (3, 6, 9):
         for metric in ("grad_autocorr", "shrink", "angle"):
-            assert _value(watch_3.history, metric, "0", s) == pytest.approx(
-                _value(watch_all.history, metric, "0", s), rel=1e-6, abs=1e-9)
+            assert value(watch_3.history, metric, "0", s) == pytest.approx(
+                value(watch_all.history, metric, "0", s), rel=1e-6, abs=1e-9)
 
 
 def test_lars_plain_groups_get_sgd_theory() -> None:
@@ -328,8 +248,8 @@ def test_lars_plain_groups_get_sgd_theory() -> None:
         return LARS([{"params": first, "lars": False}, {"params": rest}], lr=lr, momentum=mu, weight_decay=wd)
 
     watch, _ = _train(make)
-    assert _value(watch.history, "lars_theory", "0", 2) == pytest.approx(math.sqrt(2 * lr * wd * (1 - mu)), rel=1e-3)
-    assert _value(watch.history, "lars_theory", "4", 2) == pytest.approx(  # η·sqrt(1-ℓ²), ℓ: 2ημℓ² + 2(1-μ²)ℓ = η(1+μ)
+    assert value(watch.history, "lars_theory", "0", 2) == pytest.approx(math.sqrt(2 * lr * wd * (1 - mu)), rel=1e-3)
+    assert value(watch.history, "lars_theory", "4", 2) == pytest.approx(  # η·sqrt(1-ℓ²), ℓ: 2ημℓ² + 2(1-μ²)ℓ = η(1+μ)
         lr
         * math.sqrt(1 - ((math.sqrt((1 - mu**2) ** 2 + 2 * lr**2 * mu * (1 + mu)) - (1 - mu**2)) / (2 * lr * mu)) ** 2),
         rel=1e-6,
@@ -353,19 +273,19 @@ def test_adam_l2_shrink_stays_exact_at_small_learning_rates(lr, amsgrad) -> None
     whose float32 rounding would dominate where |m| is small."""
     wd = 1e-2
     watch, captured = _train(lambda m: torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd, amsgrad=amsgrad))
-    reference = _reference_metrics(captured, _refs("adam", lr=lr, wd=wd, amsgrad=amsgrad), lr)
+    reference = reference_metrics(captured, LAYERS, _refs("adam", lr=lr, wd=wd, amsgrad=amsgrad), lr)
     for step, expected in enumerate(reference):
         for layer in LAYERS:
             want = expected[layer]["shrink"]
-            assert _value(watch.history, "shrink", layer, step) == pytest.approx(want, rel=1e-4), (layer, step)
+            assert value(watch.history, "shrink", layer, step) == pytest.approx(want, rel=1e-4), (layer, step)
 
 
 def test_adam_l2_bias_corrections_are_computed_in_double_as_adams() -> None:
     """float64 weights: the split follows Adam's double-precision bias corrections 1 − βᵗ to the ring's float32."""
     lr, wd = 1e-2, 1e-2
     watch, captured = _train(lambda m: torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd), dtype=torch.float64)
-    reference = _reference_metrics(captured, _refs("adam", lr=lr, wd=wd), lr)
+    reference = reference_metrics(captured, LAYERS, _refs("adam", lr=lr, wd=wd), lr)
     for step, expected in enumerate(reference[:4]):  # the corrections matter most in the first steps
         for layer in LAYERS:
             want = expected[layer]["shrink"]
-            assert _value(watch.history, "shrink", layer, step) == pytest.approx(want, rel=1e-6), (layer, step)
+            assert value(watch.history, "shrink", layer, step) == pytest.approx(want, rel=1e-6), (layer, step)

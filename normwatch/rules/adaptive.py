@@ -22,10 +22,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from normwatch.rules.base import Decoupled, Hyper, Rows, Rule, Spread, number, read_lr
+from normwatch.rules.base import Decoupled, Hyper, MomentumBufferRule, Rows, Rule, Spread, number, read_lr
 
 
-class RMSpropRule(Rule):
+class RMSpropRule(MomentumBufferRule):
     name: ClassVar[str] = "rmsprop"
 
     def read(self, group: dict[str, Any], ema_beta: float) -> Hyper:
@@ -34,20 +34,6 @@ class RMSpropRule(Rule):
                      momentum=momentum, eps=number(group.get("eps")), maximize=bool(group.get("maximize", False)),
                      extra=(("alpha", float(group["alpha"])), ("centered", bool(group.get("centered")))),
                      memory_beta=momentum if momentum > 0 else ema_beta)
-
-    def mirrors(self, hp: Hyper) -> bool:
-        return hp.momentum > 0
-
-    def memory_coefficients(self, hp: Hyper, first: bool) -> tuple[float, float]:
-        if not self.mirrors(hp):
-            return super().memory_coefficients(hp, first)
-        return (0.0, 1.0) if first else (hp.momentum, 1.0)
-
-    def buffer_key(self, hp: Hyper) -> str | None:
-        return "momentum_buffer" if self.mirrors(hp) else None
-
-    def hides_decay(self, hp: Hyper) -> bool:
-        return self.mirrors(hp) and hp.weight_decay > 0
 
     def state_keys(self, hp: Hyper) -> tuple[str, ...]:
         keys = ("square_avg", "grad_avg") if hp.get("centered") else ("square_avg",)

@@ -168,6 +168,25 @@ class Rule:
         return False
 
 
+class MomentumBufferRule(Rule):
+    """Coupled weight decay through a momentum buffer ``b ← μb + (1−τ)·x`` (``momentum_buffer``; its first
+    step copies x): where μ > 0, v replays it on gradients alone, so ``b − v`` is the decay it carries."""
+
+    def mirrors(self, hp: Hyper) -> bool:
+        return hp.momentum > 0
+
+    def memory_coefficients(self, hp: Hyper, first: bool) -> tuple[float, float]:
+        if not self.mirrors(hp):
+            return super().memory_coefficients(hp, first)
+        return (0.0, 1.0) if first else (hp.momentum, 1.0 - hp.dampening)
+
+    def buffer_key(self, hp: Hyper) -> str | None:
+        return "momentum_buffer" if self.mirrors(hp) else None
+
+    def hides_decay(self, hp: Hyper) -> bool:
+        return self.mirrors(hp) and hp.weight_decay > 0
+
+
 class DecoupledRule(Rule):
     """Decoupled weight decay, ``w ← (1 − ηλ)·w − η·U``: ``u_wd = −ηλw`` exactly, whatever U is."""
 
