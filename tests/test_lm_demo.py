@@ -158,8 +158,11 @@ BLOCK = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.
          "mlp.up_proj", "mlp.down_proj")
 
 
+ALL_ROWS = slice(None)  # the whole weight
+
+
 @torch.no_grad()
-def rescaling_leaves_logits(arch: str, rows: slice = slice(None), layers: int = 2) -> set[str]:
+def rescaling_leaves_logits(arch: str, rows: slice = ALL_ROWS, layers: int = 2) -> set[str]:
     """The blocks' matrices whose rows `rows` (all: the whole weight; the first 8: q/k's first head), times 3,
     leave the logits unchanged; every other one must move them by more than 1e-4 (relative)."""
     cfg = demo.Config(**dict(SMALL, layers=layers))
