@@ -390,6 +390,15 @@ class LogWeightDecay(TrainerCallback):
             self.writer.add_scalar("train/weight_decay", optimizer.param_groups[0]["weight_decay"], state.global_step)
 
 
+class EvaluateAtTheEnd(TrainerCallback):
+    """A validation loss after the last step too, whatever eval_steps is (transformers 5 evaluates there by
+    itself, 4.x only every eval_steps)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+
+
 ##############################################################################################################
 #                                 normwatch wiring, training and evaluation                                  #
 ##############################################################################################################
@@ -475,7 +484,9 @@ def training_args(cfg: Config, run: Run, run_dir: Path) -> TrainingArguments:
         adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, adam_epsilon=cfg.eps, optim="adamw_torch",
         lr_scheduler_type="cosine" if run.schedule == "cosine" else "constant_with_warmup",
         warmup_steps=cfg.warmup,
-        max_grad_norm=0.0,  # no clipping: Adam's step hardly depends on |g|, and the schedule part wants raw |g|
+        # No clipping (Adam's step hardly depends on |g|, and the schedule part wants the raw |g|), yet |g| computed
+        # and logged: an infinite bound scales by min(1, ∞/|g|) = 1 exactly. (With 0, transformers 4.51 logs no |g|.)
+        max_grad_norm=math.inf,
         logging_steps=1,  # every step's loss, lr and |g| (on a GPU: one host sync per step, a small cost)
         eval_strategy="steps", eval_steps=cfg.eval_every, eval_on_start=True, prediction_loss_only=True,
         save_strategy="no", report_to="none", disable_tqdm=True, seed=run.seed, data_seed=cfg.seed,
@@ -494,7 +505,7 @@ def train(cfg: Config, run: Run, data: CharData, run_dir: Path) -> dict:
     # Trainer's), so that each run is one TensorBoard run. MuonWithAdamW lists its optimizers, so normwatch follows
     # each group with its owner's rule (Muon's or AdamW's).
     watch = NormwatchCallback(logdir=str(run_dir), every=cfg.every)
-    callbacks = [LogWeightDecay(writer), TensorBoardCallback(writer), watch, Progress()]
+    callbacks = [LogWeightDecay(writer), TensorBoardCallback(writer), watch, Progress(), EvaluateAtTheEnd()]
     if run.decay_follows_lr:
         callbacks.insert(0, DecayFollowsLR())
     trainer = Trainer(model=model, args=training_args(cfg, run, run_dir), train_dataset=train_set,
