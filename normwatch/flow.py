@@ -981,8 +981,14 @@ def _linear_map(t: ScaleTracer, call: Call) -> None:
 
 
 def _cat(t: ScaleTracer, call: Call) -> None:
-    """cat, stack: equal flows along another axis survive; one tensor's flow among other values covers a span."""
-    seq = [s for s in (call.args[0] if call.args else call.kwargs["tensors"]) if isinstance(s, torch.Tensor)]
+    """cat, stack: equal flows along another axis survive; one tensor's flow among other values covers a span.
+
+    Tensors with no elements add nothing and are left out: cat skips the legacy empty ``torch.tensor([])``
+    whatever the shapes of the others (the first ``torch.cat([cache, new], dim=-2)`` of transformers'
+    ``DynamicCache``), and an empty part along ``axis`` would make the other's flow a span of the whole axis.
+    """
+    seq = [s for s in (call.args[0] if call.args else call.kwargs["tensors"])
+           if isinstance(s, torch.Tensor) and s.numel()]
     out = call.outputs[0]
     stack = call.name == "stack"
     axis = _norm_dim(int(call.arg(1, "dim", 0)), out.dim())

@@ -142,6 +142,22 @@ class Branchy(nn.Module):
         return F.relu(self.bn(torch.cat(parts, dim=1)))
 
 
+class Cached(nn.Module):
+    """A conv's output appended to caches that start empty, as transformers' ``DynamicCache`` does: the legacy
+    ``torch.tensor([])`` (cat skips it whatever its shape) and an empty slab along the cat axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = torch.cat([torch.tensor([], dtype=y.dtype), y], dim=-2)
+        y = torch.cat([y.new_zeros(y.shape[0], y.shape[1], 0, y.shape[3]), y], dim=2)
+        return self.bn(y)  # statistics over the cat axis too
+
+
 def _seq(*modules: nn.Module) -> nn.Module:
     return nn.Sequential(*modules)
 
@@ -182,6 +198,7 @@ CASES = [
     ("bias-by-hand", HandBias, IMG, [("weight", "bn", ("weight",), "channel", 6)], []),
     ("channel-concat", Branchy, IMG,
      [("a", "bn", ("a.weight",), "channel", 2), ("b", "bn", ("b.weight",), "channel", 3)], []),
+    ("empty-cache", Cached, IMG, [("conv", "bn", ("conv.weight",), "channel", 4)], []),
     ("pre-activation", PreActivation, IMG, [], ["stem.weight", "conv.weight"]),
     ("second-path", TwoPaths, IMG, [], ["conv.weight"]),
     ("frozen-bn", _frozen_bn, IMG, [], ["0.weight"]),
