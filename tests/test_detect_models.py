@@ -2,7 +2,8 @@
 
 Tiny configs, O(1) random init (each weight N(0, 1/fan_in), so activations stay O(1) and a norm's epsilon
 is small against its statistic), training mode. ``Truth`` decides without the tracer which conv/linear
-modules are scale-invariant; detection must agree module by module, with the finest invariant groups.
+modules are scale-invariant; detection must agree module by module, with the finest invariant groups. The
+language models are also checked as transformers builds them: its own init and its config's defaults.
 """
 
 from __future__ import annotations
@@ -127,3 +128,30 @@ def test_attach_records_the_qk_norm_layers(tmp_path) -> None:
         angles = [v for _, v in watch.history[f"normwatch/angle_theory/{layer.name}"]]
         assert len(angles) == 3 and all(0 < a < 1 for a in angles)
         assert len(watch.history[f"normwatch/angle/{layer.name}"]) == 3
+
+
+HF_INIT_LM = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  head_dim=8, max_position_embeddings=64, rms_norm_eps=1e-6, initializer_range=32 ** -0.5,
+                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize(("family", "config", "per_block"), [
+    pytest.param("Llama", "LlamaConfig", set(), id="llama"),
+    pytest.param("Qwen3", "Qwen3Config", {"q_proj", "k_proj"}, id="qwen3"),
+    pytest.param("Olmo2", "Olmo2Config", {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"},
+                 id="olmo2"),
+])
+def test_detection_agrees_with_the_numbers_under_the_library_init(family, config, per_block, kv_heads) -> None:
+    """The models as transformers builds them (its own init: norm weights exactly 1, and the config's defaults,
+    so ``use_cache`` is on and the forward appends keys and values to a ``DynamicCache`` that starts empty):
+    detection is the numbers' set, v_proj of OLMo2's post-norm blocks included."""
+    torch.manual_seed(0)
+    cfg = getattr(transformers, config)(**HF_INIT_LM, num_key_value_heads=kv_heads)
+    model = getattr(transformers, f"{family}ForCausalLM")(cfg).train()
+    batch = {"input_ids": torch.randint(0, 64, (8, 6))}
+    invariant = Truth(model, **batch).invariant_modules()
+    assert {name.rsplit(".", 1)[-1] for name in invariant} == per_block
+    layers = normwatch.detect(model, **batch)
+    assert {layer.name for layer in layers} == invariant
+    assert all(layer.confirmed for layer in layers)
