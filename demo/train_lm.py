@@ -648,7 +648,22 @@ def study(cfg: Config, why: str) -> int:
               f"from there")
         return 130
     summarise(cfg, results, time.perf_counter() - t_study)
+    report(cfg, [run_dir for _, run_dir in runs])
     return 0
+
+
+def report(cfg: Config, run_dirs: list[Path]) -> None:
+    """normwatch's report on the study's runs (verdicts, figures), in <study>/report; one line if it cannot."""
+    try:
+        from normwatch.report import write_report
+        path = write_report(run_dirs, Path(cfg.out) / "report")
+    except ImportError as e:  # matplotlib, the report's extra: its one sentence says how to install it
+        print(f"report: skipped: {e}")
+        return
+    except ValueError as e:  # no run it can read
+        print(f"report: skipped: {e}")
+        return
+    print(f"report: {path.with_name('report.html')} (also report.md and verdicts.json there)")
 
 
 def summarise(cfg: Config, results: list[tuple[Run, dict, float]], wall: float) -> None:

@@ -158,9 +158,10 @@ def _adamw_claims(analysis: Analysis) -> list[Verdict]:
     runs = [r for r in part_runs(analysis, "adamw") if r.demo.get("arch") != "llama"]
     if not runs:
         tols = ("±15%", "±10%", "factor 2")
-        return [_none(c, "—", "—", t, "needs the adamw part's runs (demo/train_lm.py --parts adamw)")
+        return [*(_none(c, "—", "—", t, "needs the adamw part's runs (demo/train_lm.py --parts adamw)")
                 for c, t in zip(("angle ≈ AdamW's angle_theory", "shrink ≈ growth in equilibrium",
-                                 "time to equilibrium ≈ τ = 1/(ηλ)"), tols, strict=True)]
+                                 "time to equilibrium ≈ τ = 1/(ηλ)"), tols, strict=True)),
+                _llama_control(analysis)]
     for run in runs:
         arch = run.demo.get("arch", run.name)
         claim = f"{arch}: rotation per step ≈ AdamW's angle_theory √(2ηλ(1−β₁)/(1+β₁))"
