@@ -451,6 +451,30 @@ def test_normwatch_splits_muon_with_adamw_exactly(tmp_path, monkeypatch):
     assert [v for _, v in _values(acc, f"normwatch/lr/{layer}")] == pytest.approx([0.0, LR, LR])
 
 
+def test_the_study_ends_with_normwatchs_report_on_its_runs(smoke):
+    pytest.importorskip("matplotlib")
+    out, _ = smoke
+    report = out / "report"
+    assert (report / "report.md").read_text().startswith("# normwatch report: the LM study")
+    assert (report / "report.html").is_file() and (report / "fig01.png").is_file()
+    verdicts = {v["claim"]: v for v in json.loads((report / "verdicts.json").read_text())}
+    assert {v["outcome"] for v in verdicts.values()} <= {"holds", "does not hold", "inconclusive", "no data"}
+    llama = verdicts["llama (pre-norm, no QK-norm): no scale-invariant layer, and normwatch records none"]
+    assert (llama["outcome"], llama["run"]) == ("holds", "adamw/llama")
+    # 3 steps hold no equilibrium window: the equilibrium rows say so instead of judging
+    assert verdicts["final validation loss follows ηλ"]["outcome"] != "no data"  # eval/loss needs no window
+    assert "no equilibrium window" in verdicts["qwen3: shrink ≈ growth in equilibrium"]["detail"]
+
+
+def test_without_matplotlib_the_report_is_one_sentence_and_the_study_still_succeeds(smoke, monkeypatch, capsys):
+    out, _ = smoke
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    cfg = demo.Config(out=str(out))
+    demo.report(cfg, [out / run for run in RUNS])
+    printed = capsys.readouterr().out.strip()
+    assert printed == "report: skipped: normwatch report needs matplotlib: pip install 'normwatch[report]'"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reruns, Ctrl-C, flags
 # ---------------------------------------------------------------------------------------------------------
