@@ -187,8 +187,8 @@ def _adamw_claims(analysis: Analysis) -> list[Verdict]:
             margin = math.log(TOLERANCES_LM["relax"]) - abs(math.log(m.value)) if m.value > 0 else -math.inf
             detail = "" if margin >= 0 else f"{m.value:.2g}× the predicted time; {len(per)} of {len(run.layers)} " \
                 "layers started outside the band"
-            out.append(_verdict(claim, stat, run.name, win, "1", "factor 2", Measure(m.value, log_noise), margin,
-                                1.0, per, detail))
+            out.append(_verdict(claim, stat, run.name, win, "1", "factor 2", m, margin, 1.0, per, detail,
+                                noise=log_noise))
     return [*out, _llama_control(analysis)]
 
 
@@ -232,7 +232,7 @@ def _grid_claims(analysis: Analysis) -> list[Verdict]:
         noise = ratio * math.hypot(hi.noise / hi.value, lo.noise / lo.value)
         pred = f"1 (AdamW's angle depends on ηλ = {x:.3g} and β₁ only)"
         out.append(_verdict(claims[0], stat, names, "each run's window", pred, f"≤ {1 + tol:g}",
-                            Measure(ratio, noise), 1 + tol - ratio, 1.0, angles))
+                            Measure(ratio, noise), 1 + tol - ratio, 1.0, angles, of="runs' mean angles (rad)"))
     # theory where ηλ moves
     stat, tol = "mean angle ÷ mean angle_theory over the window (median layer), median over runs", \
         TOLERANCES_LM["angle"]
@@ -244,7 +244,7 @@ def _grid_claims(analysis: Analysis) -> list[Verdict]:
     else:
         m = median_measure(ratios)
         out.append(_verdict(claims[1], stat, ", ".join(ratios), "each run's window", "1", f"±{tol:.0%}", m,
-                            tol - abs(m.value - 1), 1.0, ratios))
+                            tol - abs(m.value - 1), 1.0, ratios, of="runs"))
     out.append(_loss_follows(claims[2], runs, fixed))
     return out
 
@@ -269,7 +269,8 @@ def _loss_follows(claim: str, runs: list[Run], fixed: list[Run]) -> Verdict:
 # ------------------------------------------------------------------------------ muon and l2 parts
 def _muon_claim(analysis: Analysis) -> Verdict:
     claim = "Muon on the matrices: rotation per step ≈ Muon's theory (a lower bound)"
-    stat, tol = "mean angle ÷ mean muon_angle(η, λ, μ) over the window", TOLERANCES_LM["muon_angle"]
+    stat = "mean angle ÷ mean angle_theory (normwatch's Muon theory, else muon_angle(η, λ, μ)) over the window"
+    tol = TOLERANCES_LM["muon_angle"]
     run = named(analysis, "muon", "muon")
     if run is None:
         return _none(claim, stat, "1", f"±{tol:.0%}", "needs the muon part (demo/train_lm.py --parts muon)")
@@ -277,7 +278,9 @@ def _muon_claim(analysis: Analysis) -> Verdict:
                    if float(np.median(run.series("momentum", layer).values)) >= 0.94]  # type: ignore[union-attr]
     if not muon_layers:
         return _none(claim, stat, "1", f"±{tol:.0%}", f"normwatch recorded no Muon layer in {run.name}", run.name)
-    per, win = windowed(run, muon_layers, _muon_ratio)
+    logged = _mean_ratio("angle", "angle_theory")
+    per, win = windowed(run, muon_layers, lambda r, layer, w: (logged if r.series("angle_theory", layer) is not None
+                                                              else _muon_ratio)(r, layer, w))
     if not per:
         return _none(claim, stat, "1", f"±{tol:.0%}", _window_text(win), run.name)
     m = median_measure(per)

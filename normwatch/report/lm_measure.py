@@ -173,13 +173,18 @@ def _fmt(m: Measure) -> str:
 
 
 def _verdict(claim: str, stat: str, run: str, window: str, pred: str, tol: str, m: Measure, margin: float,
-             expected: float, per_layer: dict[str, Measure] | None = None, detail: str = "") -> Verdict:
+             expected: float, per_layer: dict[str, Measure] | None = None, detail: str = "", *,
+             noise: float | None = None, of: str = "layers") -> Verdict:
+    """A judged row: ``margin`` inside the tolerance against ``noise`` (``m.noise`` unless the margin is in other
+    units, e.g. ln); ``per_layer`` are the layers' (or, with ``of``, the runs') own measures."""
     per = per_layer or {}
     measured = _fmt(m)
     if len(per) > 1:
         values = [x.value for x in per.values()]
-        measured += f" (median of {len(per)} layers; range {min(values):.3g}–{max(values):.3g})"
-    result: Any = outcome(margin, m.noise)
+        span = f"{min(values):.3g}–{max(values):.3g}"
+        measured += f" (median of {len(per)} layers; range {span})" if of == "layers" else f" ({len(per)} {of}: {span})"
+    noise = m.noise if noise is None else noise
+    result: Any = outcome(margin, noise)
     if result == "inconclusive" and not detail:
         detail = f"the noise ±{m.noise:.2g} straddles the tolerance's edge"
     elif result == "does not hold" and not detail:
