@@ -11,6 +11,7 @@ r"""The LM study's figures, drawn with :mod:`normwatch.report.figures`' helpers 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,12 +22,29 @@ from normwatch.report.lm_measure import eta_lambda, is_lm_study, layer_window, n
 from normwatch.report.runs import Run, align
 from normwatch.report.stats import moving_average, smoothing_window
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 TITLES = {
     1: "Rotation per step against its equilibrium theory",
     2: "Final validation loss against ηλ",
     3: "|w|² against its equilibrium x_eq = growth·|w|²/shrink",
     4: "Gradient norm under a decaying lr: AdamW against AdamC",
 }
+
+
+def _panels(n: int) -> tuple[Figure, list[Axes]]:
+    """n panels stacked, sharing the step axis, each with its own y range (the runs differ by orders)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 2.6 * n + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False).ravel().tolist()
+    for ax in axes:
+        ax.grid(True, alpha=0.25, linewidth=0.5)
+    return fig, axes
 
 
 def _skip(number: int, why: str) -> FigureResult:
@@ -47,10 +65,11 @@ def _theory(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def figure_rotation(analysis: Analysis, out_dir: Path) -> FigureResult:
-    runs = [r for r in analysis.runs if r.layers_with("angle") and r.part in ("adamw", "muon", "l2")]
+    runs = [r for r in analysis.runs if r.layers_with("angle") and r.part in ("adamw", "muon", "l2")
+            and "copied_from" not in r.demo]  # a copy of a run shown already
     if not runs:
         return _skip(1, "no run of the adamw, muon or l2 parts recorded angles")
-    fig, axes = _new_grid(len(runs), 1, 9.0, 2.6 * len(runs) + 0.6)
+    fig, axes = _panels(len(runs))
     for ax, run in zip(axes, runs, strict=True):
         layers = run.layers_with("angle")
         _shade(ax, layer_window(run, layers[0]))
@@ -63,6 +82,7 @@ def figure_rotation(analysis: Analysis, out_dir: Path) -> FigureResult:
         _legend(ax, len(layers))
     path = _save(fig, out_dir, 1, TITLES[1], "optimizer step", "rotation per step (rad)")
     return FigureResult(1, TITLES[1], path, "Per layer: light trace raw, solid smoothed, dashed its theory "
+                        "(runs copied from another, as muon/adamw, are not repeated) "
                         "(normwatch's angle_theory: AdamW's √(2ηλ(1−β₁)/(1+β₁)); Muon's muon_angle(η, λ, μ)); "
                         "grey: the equilibrium window.")
 
@@ -95,7 +115,7 @@ def figure_equilibrium(analysis: Analysis, out_dir: Path) -> FigureResult:
     runs = [r for r in candidates if r is not None and r.layers_with("w_norm2", "shrink", "growth")]
     if not runs:
         return _skip(3, "no adamw or schedule run recorded |w|², shrink and growth")
-    fig, axes = _new_grid(len(runs), 1, 9.0, 2.6 * len(runs) + 0.6)
+    fig, axes = _panels(len(runs))
     for ax, run in zip(axes, runs, strict=True):
         layers = run.layers_with("w_norm2", "shrink", "growth")
         _shade(ax, layer_window(run, layers[0]))
@@ -108,9 +128,10 @@ def figure_equilibrium(analysis: Analysis, out_dir: Path) -> FigureResult:
                 eq = moving_average(g, width) * x / moving_average(s, width)
             ax.plot(w2.steps, w2.values, color=color, linewidth=1.4, label=layer)  # type: ignore[union-attr]
             ax.plot(steps, eq, color=color, linestyle="--", linewidth=0.9)
+        ax.set_yscale("log")
         ax.set_title(run.name, fontsize=9)
         _legend(ax, len(layers))
-    path = _save(fig, out_dir, 3, TITLES[3], "optimizer step", "|w|²")
+    path = _save(fig, out_dir, 3, TITLES[3], "optimizer step", "|w|² (log scale)")
     return FigureResult(3, TITLES[3], path, "Solid: |w|² per layer; dashed: x_eq = growth·|w|²/shrink (both "
                         "smoothed), the |w|² at which decay and gradient would balance. In equilibrium the two "
                         "meet; where the lr falls faster than τ, |w|² trails x_eq from above.")
