@@ -17,6 +17,17 @@ from tests.lm_fixtures import LAYERS, WARMUP, N, lm_run, lr_schedule, relaxing_n
 pytest.importorskip("matplotlib")
 
 
+def test_outcome_rule_and_block_noise_by_hand():
+    from normwatch.report.lm_measure import block_noise, outcome
+
+    # blocks 1, 3, 1, 3: std (ddof 1) = √(4/3), so 2·std/√4 = √(4/3)
+    assert block_noise([1.0, 3.0, 1.0, 3.0]) == pytest.approx(math.sqrt(4 / 3))
+    assert block_noise([2.0]) == math.inf
+    assert outcome(0.11, 0.01) == "holds" and outcome(-0.2, 0.01) == "does not hold"
+    assert outcome(-0.01, 0.04) == "inconclusive" and outcome(0.01, 0.04) == "inconclusive"
+    assert outcome(0.0, 0.0) == "holds" and outcome(math.nan, 0.0) == "inconclusive"
+
+
 def _rows(root) -> dict[str, object]:
     """The verdicts by claim."""
     return {v.claim: v for v in evaluate(analyse(load_runs([root])))}

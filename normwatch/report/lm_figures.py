@@ -152,7 +152,7 @@ def figure_grad_norm(analysis: Analysis, out_dir: Path) -> FigureResult:
         twin = ax.twinx()
         twin.plot(lr.steps, lr.values, color="0.4", linestyle=":", label="η_t")
         twin.set_ylabel("η_t (dotted)", fontsize=8)
-    _legend(ax, len(runs))
+    ax.legend(fontsize=7, loc="upper left")  # inside: the right edge holds η_t's axis
     path = _save(fig, out_dir, 4, TITLES[4], "optimizer step", "|g| (train/grad_norm, before clipping)")
     return FigureResult(4, TITLES[4], path, "The Trainer's gradient norm per step, raw and smoothed; dotted: the "
                         "cosine lr η_t. Defazio (arXiv:2506.02285): with AdamW |g| rises as η_t → 0, with AdamC "
