@@ -15,7 +15,8 @@ OUTCOMES = ("holds", "does not hold", "inconclusive", "no data")
 
 RULE_TEXT = (
     "Each claim is measured per layer and summarised by the median layer; tolerances were fixed before the "
-    "study's runs were read (the table in `normwatch/report/lm.py`). A window's statistic is also measured on "
+    "report first judged a run of the study (the table in `normwatch/report/lm.py`). A window's statistic is "
+    "also measured on "
     f"each of {BLOCKS} consecutive blocks of it; its noise is {NOISE_SE:g} × std(block values)/√{BLOCKS}, and a "
     "claim **holds** when its value is inside the tolerance by more than the noise, **does not hold** when it "
     "is outside by more than the noise, and is **inconclusive** in between: the runs cannot tell. Final "
