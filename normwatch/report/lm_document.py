@@ -97,7 +97,7 @@ def lm_blocks(analysis: Analysis, figures: list[FigureResult], verdicts: list[Ve
         verdict_table(verdicts),
         Paragraph(RULE_TEXT),
         Heading(2, "Runs"),
-        Table(["run", "arch, optimizer, schedule", "ηλ (peak)", "τ = 1/(ηλ)", "layers recorded",
+        Table(["run", "arch, optimizer, schedule", "ηλ (peak)", "τ = 1/(ηλ) (|w|² relaxes in τ/2)", "layers recorded",
                "window (first layer)", "final val loss"], [_run_row(r) for r in analysis.runs]),
         *_figure_blocks(figures),
     ]
