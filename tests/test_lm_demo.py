@@ -363,7 +363,7 @@ def test_the_parts_train_what_they_say(smoke):
     for name, follows in (("adamw", False), ("adamc", True)):
         c = config(f"schedule/{name}")
         assert (c["schedule"], c["decay_follows_lr"], c["weight_decay"]) == ("cosine", follows, WD * 4)
-    assert all(config(run)["arch"] == "olmo2" for run in RUNS[3:])
+    assert all(config(run)["arch"] == "qwen3" for run in RUNS[3:])
 
 
 def test_logged_lr_and_weight_decay_follow_each_schedule(smoke):
@@ -388,7 +388,7 @@ def test_logged_lr_and_weight_decay_follow_each_schedule(smoke):
 
 def test_a_run_of_the_same_experiment_is_copied_not_trained_again(smoke):
     out, _ = smoke
-    original = out / "adamw" / "olmo2"
+    original = out / "adamw" / "qwen3"
     for run in ("muon/adamw", "l2/adamw"):
         assert json.loads((out / run / "config.json").read_text())["copied_from"] == str(original)
         assert (out / run / "result.json").read_text() == (original / "result.json").read_text()
@@ -449,6 +449,30 @@ def test_normwatch_splits_muon_with_adamw_exactly(tmp_path, monkeypatch):
     for (_, w2), (_, sh), eta in zip(w_norm2, shrink, (0.0, LR, LR)):  # the warmup's first step has η = 0
         assert sh == pytest.approx((2 * eta * WD - (eta * WD) ** 2) * w2, rel=1e-4, abs=1e-12)
     assert [v for _, v in _values(acc, f"normwatch/lr/{layer}")] == pytest.approx([0.0, LR, LR])
+
+
+def test_the_study_ends_with_normwatchs_report_on_its_runs(smoke):
+    pytest.importorskip("matplotlib")
+    out, _ = smoke
+    report = out / "report"
+    assert (report / "report.md").read_text().startswith("# normwatch report: the LM study")
+    assert (report / "report.html").is_file() and (report / "fig01.png").is_file()
+    verdicts = {v["claim"]: v for v in json.loads((report / "verdicts.json").read_text())}
+    assert {v["outcome"] for v in verdicts.values()} <= {"holds", "does not hold", "inconclusive", "no data"}
+    llama = verdicts["llama (pre-norm, no QK-norm): no scale-invariant layer, and normwatch records none"]
+    assert (llama["outcome"], llama["run"]) == ("holds", "adamw/llama")
+    # 3 steps hold no equilibrium window: the equilibrium rows say so instead of judging
+    assert verdicts["final validation loss follows ηλ"]["outcome"] != "no data"  # eval/loss needs no window
+    assert "no equilibrium window" in verdicts["qwen3: shrink ≈ growth in equilibrium"]["detail"]
+
+
+def test_without_matplotlib_the_report_is_one_sentence_and_the_study_still_succeeds(smoke, monkeypatch, capsys):
+    out, _ = smoke
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    cfg = demo.Config(out=str(out))
+    demo.report(cfg, [out / run for run in RUNS])
+    printed = capsys.readouterr().out.strip()
+    assert printed == "report: skipped: normwatch report needs matplotlib: pip install 'normwatch[report]'"
 
 
 # ---------------------------------------------------------------------------------------------------------

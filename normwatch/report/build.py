@@ -15,6 +15,8 @@ from normwatch.report.analysis import Analysis, analyse
 from normwatch.report.claims import TOLERANCES, Verdict, evaluate, sweep_table
 from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Table, to_html, to_markdown
 from normwatch.report.figures import FigureResult, render_figures
+from normwatch.report.lm_document import lm_blocks
+from normwatch.report.lm_measure import is_lm, is_lm_study
 from normwatch.report.runs import Run, find_runs, load_runs
 from normwatch.report.stats import SMOOTHING_FRACTION
 from normwatch.report.window import RELAXATION_TIMES, TRACKING_MARGIN
@@ -216,6 +218,8 @@ def _blocks(
     analysis: Analysis, figures: list[FigureResult], verdicts: list[Verdict], skipped: list[Run]
 ) -> list[Block]:
     """The report: the summary and the verdicts first, then the runs, the windows, the figures."""
+    if is_lm_study(analysis.runs):
+        return lm_blocks(analysis, figures, verdicts)
     blocks: list[Block] = [
         Heading(1, "normwatch report"),
         _summary(analysis, verdicts),
@@ -249,8 +253,8 @@ def usable_runs(runs: list[Run], paths: Sequence[str | Path]) -> tuple[list[Run]
     Raises:
         ValueError: none is usable (one sentence naming the paths).
     """
-    kept = [r for r in runs if r.has_normwatch or r.is_sweep_point]
-    skipped = [r for r in runs if not (r.has_normwatch or r.is_sweep_point)]
+    kept = [r for r in runs if r.has_normwatch or r.is_sweep_point or is_lm(r)]  # an LM run says what it lacks
+    skipped = [r for r in runs if not (r.has_normwatch or r.is_sweep_point or is_lm(r))]
     if not kept:
         where = ", ".join(str(p) for p in paths)
         what = f"the run in {where} holds" if len(runs) == 1 else f"none of the {len(runs)} runs under {where} holds"

@@ -476,7 +476,10 @@ def claim_best_lr(analysis: Analysis) -> Verdict:
 
 
 def evaluate(analysis: Analysis) -> list[Verdict]:
-    """Every claim's verdict, in the seed's order."""
+    """Every claim's verdict, in the seed's order (the LM study's claims for its runs: :mod:`.lm`)."""
+    from normwatch.report.lm import evaluate_lm  # lm imports Verdict from here
+    if lm_rows := evaluate_lm(analysis):
+        return lm_rows
     return [
         claim_orthogonal(analysis),
         claim_balance(analysis),

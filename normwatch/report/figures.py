@@ -577,5 +577,8 @@ FIGURES: tuple[Callable[[Analysis, Path], FigureResult], ...] = (
 
 
 def render_figures(analysis: Analysis, out_dir: Path) -> list[FigureResult]:
-    """Draw figures 1–10 into ``out_dir`` (``figNN.png``), in order."""
+    """Draw figures 1–10 into ``out_dir`` (``figNN.png``), in order (the LM study's own: :mod:`.lm_figures`)."""
+    from normwatch.report.lm_figures import render_lm_figures  # it draws with this module's helpers
+    if lm_figures := render_lm_figures(analysis, out_dir):
+        return lm_figures
     return [draw(analysis, out_dir) for draw in FIGURES]
