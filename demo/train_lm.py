@@ -109,10 +109,9 @@ class Config:
     block_size: int = 256  # characters (= tokens) per sequence
     # models: transformers' own classes from the configs in build_model, random init
     archs: tuple[str, ...] = ("olmo2", "qwen3", "llama")  # the adamw part's architectures
-    # the architecture of the eta-lambda, muon, l2 and schedule parts: qwen3, whose q_proj and k_proj normwatch
-    # detects; in olmo2 at init, |Wx|² is below 100 × the norms' ε (1e-6), so ε, not |W|, sets their scale and
-    # detection rightly finds no invariant layer (measured: scaling the embeddings × 50 makes q_proj, k_proj pass)
-    arch: str = "qwen3"
+    # the architecture of the eta-lambda, muon, l2 and schedule parts: olmo2, whose matrices are almost all
+    # scale-invariant, each as a whole (Muon's theory assumes that; Qwen3's per-head QK-norm makes heads apart)
+    arch: str = "olmo2"
     hidden: int = 384  # d_model; the MLP is 4 × hidden wide
     layers: int = 6  # transformer blocks
     heads: int = 6  # attention heads (as many key/value heads); head_dim = hidden / heads
@@ -431,7 +430,7 @@ class Run:
 
 def experiment(cfg: Config, run: Run, data: CharData) -> dict:
     """What the run trains, and on what: the `demo/config` text and the hparams in its events. Two runs of the
-    study with the same experiment (the recipe's qwen3 run appears in four parts) are trained once."""
+    study with the same experiment (the recipe's olmo2 run appears in four parts) are trained once."""
     return dict(
         arch=run.arch, arch_label=ARCHS[run.arch]["label"], optimizer=run.optimizer, lr=run.lr,
         weight_decay=run.weight_decay, eta_lambda=run.lr * run.weight_decay,
@@ -769,7 +768,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, str]:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
     p.add_argument("--archs", type=_names(tuple(ARCHS)),
                    help="the adamw part's architectures, comma-separated, of " + ",".join(ARCHS))
-    p.add_argument("--arch", choices=tuple(ARCHS), help="the other parts' architecture (default qwen3)")
+    p.add_argument("--arch", choices=tuple(ARCHS), help="the other parts' architecture (default olmo2)")
     p.add_argument("--steps", type=_number(int, "positive"), help="optimizer steps per run")
     p.add_argument("--batch-size", type=_number(int, "positive"), help="sequences per step")
     p.add_argument("--block-size", type=_number(int, "positive"), help="characters per sequence")

@@ -363,7 +363,7 @@ def test_the_parts_train_what_they_say(smoke):
     for name, follows in (("adamw", False), ("adamc", True)):
         c = config(f"schedule/{name}")
         assert (c["schedule"], c["decay_follows_lr"], c["weight_decay"]) == ("cosine", follows, WD * 4)
-    assert all(config(run)["arch"] == "qwen3" for run in RUNS[3:])
+    assert all(config(run)["arch"] == "olmo2" for run in RUNS[3:])
 
 
 def test_logged_lr_and_weight_decay_follow_each_schedule(smoke):
@@ -388,7 +388,7 @@ def test_logged_lr_and_weight_decay_follow_each_schedule(smoke):
 
 def test_a_run_of_the_same_experiment_is_copied_not_trained_again(smoke):
     out, _ = smoke
-    original = out / "adamw" / "qwen3"
+    original = out / "adamw" / "olmo2"
     for run in ("muon/adamw", "l2/adamw"):
         assert json.loads((out / run / "config.json").read_text())["copied_from"] == str(original)
         assert (out / run / "result.json").read_text() == (original / "result.json").read_text()
