@@ -285,21 +285,22 @@ ARCHS = {
 
 
 def build_model(arch: str, cfg: Config, vocab_size: int, seed: int, **overrides) -> transformers.PreTrainedModel:
-    """transformers' own model class from a config written here, with its own random init, normal with std
-    1/√d (the published configs' 0.02 is that for d ≈ 2,500: at this demo's widths 0.02 leaves OLMo2's un-normed
-    projections so small that the norms' ε = 1e-6 is not small against their statistic, and its matrices are
-    not scale-invariant at the start), except the output layer's 0.02, so that the first prediction is near
-    uniform. No dropout, untied embeddings, no special tokens (characters only)."""
+    """transformers' own model class from a config written here, with its own random init (normal, std 0.02),
+    except the embeddings: std 1, the scale of the residual stream everywhere after a norm. With the published
+    configs' 0.02 there too, OLMo2's projections of the un-normed residual stream have entries of std
+    0.02·0.02·√d, so small at this demo's widths that the norms' ε is not small against their statistic and its
+    matrices are not scale-invariant (at d = 4096 they are). ε = 1e-6, OLMo2's and Qwen3's published value. No dropout, untied
+    embeddings, no special tokens (characters only)."""
     spec = ARCHS[arch]
     config = spec["config"](**{**dict(
-        initializer_range=cfg.hidden ** -0.5, rms_norm_eps=1e-6,  # ε: OLMo2's and Qwen3's published value
+        rms_norm_eps=1e-6,
         vocab_size=vocab_size, hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
         head_dim=cfg.hidden // cfg.heads, max_position_embeddings=cfg.block_size, tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=None, pad_token_id=None), **overrides})
     torch.manual_seed(seed)
     model = spec["model"](config)
-    torch.nn.init.normal_(model.lm_head.weight, std=0.02)
+    torch.nn.init.normal_(model.model.embed_tokens.weight, std=1.0)
     return model
 
 
