@@ -289,8 +289,8 @@ def build_model(arch: str, cfg: Config, vocab_size: int, seed: int, **overrides)
     except the embeddings: std 1, the scale of the residual stream everywhere after a norm. With the published
     configs' 0.02 there too, OLMo2's projections of the un-normed residual stream have entries of std
     0.02·0.02·√d, so small at this demo's widths that the norms' ε is not small against their statistic and its
-    matrices are not scale-invariant (at d = 4096 they are). ε = 1e-6, OLMo2's and Qwen3's published value. No dropout, untied
-    embeddings, no special tokens (characters only)."""
+    matrices are not scale-invariant (at d = 4096 they are). ε = 1e-6, OLMo2's and Qwen3's published value.
+    No dropout, untied embeddings, no special tokens (characters only)."""
     spec = ARCHS[arch]
     config = spec["config"](**{**dict(
         rms_norm_eps=1e-6,
