@@ -17,6 +17,7 @@ from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Ta
 from normwatch.report.figures import FigureResult, render_figures
 from normwatch.report.runs import Run, find_runs, load_runs
 from normwatch.report.stats import SMOOTHING_FRACTION
+from normwatch.report.uncertainty import Z
 from normwatch.report.window import RELAXATION_TIMES, TRACKING_MARGIN
 
 #: The one sentence shown when the optional plotting dependency is missing.
@@ -97,6 +98,8 @@ def _verdict_cell(v: Verdict) -> str:
         return f"no data: {v.detail}"
     if v.outcome == "does not hold":
         return f"**does not hold** ({v.detail})" if v.detail else "**does not hold**"
+    if v.outcome == "inconclusive":
+        return f"inconclusive ({v.detail})" if v.detail else "inconclusive"
     return "holds"
 
 
@@ -122,11 +125,15 @@ def _summary(analysis: Analysis, verdicts: list[Verdict]) -> Paragraph:
     read = f"{len(main)} run(s) with normwatch scalars ({', '.join(main)})" if main else "no normwatch run"
     if sweep:
         read += f" and a learning-rate sweep of {len(sweep)} runs"
-    held, failed, missing = (_numbers(verdicts, o) for o in ("holds", "does not hold", "no data"))
+    held, failed, unsure, missing = (
+        _numbers(verdicts, o) for o in ("holds", "does not hold", "inconclusive", "no data")
+    )
     failures = "; ".join(f"{i}: {verdicts[int(i) - 1].detail}" for i in failed)
     tally = [f"{len(held)} hold" + (f" ({', '.join(held)})" if held else "")]
     if failed:
         tally.append(f"{len(failed)} {'does' if len(failed) == 1 else 'do'} not ({failures})")
+    if unsure:
+        tally.append(f"{len(unsure)} {'is' if len(unsure) == 1 else 'are'} inconclusive ({', '.join(unsure)})")
     if missing:
         tally.append(f"{len(missing)} lack data ({', '.join(missing)})")
     return Paragraph(
@@ -148,7 +155,13 @@ TOLERANCE_TEXT = (
     f"within a factor {TOLERANCES['best_lr']:g}. Where the data says a claim fails, the verdict "
     "says by how much. For the two equilibrium ratios the prediction column also says what the lr "
     "schedule alone would do to them on the window (the quasi-static lag δ = τ·d ln η/dt of a norm "
-    "trailing its target, at constant scale-free gradient norm G); it is context, not the target."
+    "trailing its target, at constant scale-free gradient norm G); it is context, not the target. "
+    f"Every verdict reads its statistic's interval, the estimate ± {Z:g} standard errors "
+    "(`normwatch.report.uncertainty`): a test accuracy's binomial error √(p(1−p)/n) from the test-set size n, "
+    "the spread over seeds where there are several, the spread over layers of a median over layers "
+    "(√(π/2)·s/√L). A claim **holds** when the whole interval lies within the tolerance, **does not hold** "
+    "when it lies wholly outside, and is **inconclusive** when it straddles an edge: the data cannot decide. "
+    "The measured column shows the interval; one layer, or an unknown test-set size, gives none."
 )
 
 

@@ -194,6 +194,18 @@ class Run:
         return _as_float(self.demo.get("momentum"), None)
 
     @property
+    def nesterov(self) -> bool:
+        """Nesterov momentum: normwatch's config (its first param group), else the demo's config."""
+        value = (self.config or {}).get("nesterov", self.demo.get("nesterov", False))
+        return bool(value)
+
+    @property
+    def test_images(self) -> int | None:
+        """The test-set size behind ``test/acc`` (the demo's ``test_images``), ``None`` if not recorded."""
+        value = _as_float(self.demo.get("test_images", self.result.get("test_images")), None)
+        return int(value) if value is not None and value > 0 else None
+
+    @property
     def part(self) -> str | None:
         """The demo's ``part`` ("sgdm", "sgd", "lars", "sweep"), if known."""
         part = self.demo.get("part")
