@@ -14,6 +14,7 @@ import numpy as np
 from normwatch.report.analysis import Analysis, analyse
 from normwatch.report.claims import TOLERANCES, Verdict, evaluate, sweep_table
 from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Table, to_html, to_markdown
+from normwatch.report.equilibrium import equilibrium_verdicts
 from normwatch.report.figures import FigureResult, render_figures
 from normwatch.report.runs import Run, find_runs, load_runs
 from normwatch.report.stats import SMOOTHING_FRACTION
@@ -46,8 +47,10 @@ def default_out(run_dirs: Sequence[str | Path]) -> Path:
 WINDOW_TEXT = (
     "Equilibrium claims are measured on each layer's **equilibrium window**, computed from the logged "
     "lr η, weight decay λ and momentum μ at every step, with the relaxation time τ = (1−μ)/(4ηλ) steps "
-    "of |w|⁴ (`normwatch.theory.sgd_relaxation_steps`; 1/(2ηλ) of |w|² for AdamW; none for LARS or for Adam "
-    "with L2 weight decay, whose τ depends on the gradient RMS, so they get no window). (1) Warm-up ends at "
+    "of |w|⁴ (`normwatch.theory.sgd_relaxation_steps`); every other optimizer uses its own relaxation time "
+    "(`normwatch.theory.relaxation_steps`: 1/(2ηλ) of |w|² for AdamW, Muon and other decoupled decay, "
+    "((1−μ)/η)² of |w|² for LARS; none for Adam with L2 weight decay, whose τ depends on the gradient RMS, so "
+    "it gets no window). (1) Warm-up ends at "
     "t_peak, the first step where η reaches its maximum. "
     f"(2) The window opens at the first step by which k = {RELAXATION_TIMES:g} relaxation times have accrued "
     "after t_peak (Σ Δt/τ ≥ k; t_peak + kτ for constant hyperparameters), when the initial distance of |w|⁴ "
@@ -225,16 +228,43 @@ def _figure_blocks(figures: list[FigureResult]) -> list[Block]:
     return blocks
 
 
+#: A further table of verdicts: (file stem, heading, paragraph, rows).
+Section = tuple[str, str, str, list[Verdict]]
+
+EQUILIBRIUM_TEXT = (
+    "The two equilibrium claims asked of every run that logged what they need, whatever its optimizer: its "
+    "mean rotation per step against normwatch's `angle_theory` for its optimizer, and Σgrowth/Σshrink, each "
+    "over the window that the optimizer's own relaxation time gives (see the Equilibrium window section). "
+    "`normwatch.report.equilibrium.angle_verdict` judges one run."
+)
+
+
+def sections(analysis: Analysis) -> list[Section]:
+    """The verdict tables after the seed's claims (empty ones left out)."""
+    out: list[Section] = [("equilibrium", "Equilibrium of every run", EQUILIBRIUM_TEXT, equilibrium_verdicts(analysis))]
+    return [section for section in out if section[3]]
+
+
+def _section_blocks(extra: list[Section]) -> list[Block]:
+    blocks: list[Block] = []
+    for _, heading, text, rows in extra:
+        blocks += [Heading(2, heading), Paragraph(text), _verdict_table(rows)]
+    return blocks
+
+
 def _blocks(
-    analysis: Analysis, figures: list[FigureResult], verdicts: list[Verdict], skipped: list[Run]
+    analysis: Analysis, figures: list[FigureResult], verdicts: list[Verdict], skipped: list[Run],
+    extra: list[Section] | None = None,
 ) -> list[Block]:
-    """The report: the summary and the verdicts first, then the runs, the windows, the figures."""
+    """The report: the summary and the verdicts first, then the further verdict tables, the runs, the windows,
+    the figures."""
     blocks: list[Block] = [
         Heading(1, "normwatch report"),
         _summary(analysis, verdicts),
         Heading(2, "Verdicts on the seed's claims"),
         _verdict_table(verdicts),
         Paragraph(TOLERANCE_TEXT),
+        *_section_blocks(extra or []),
         *_runs_blocks(analysis, skipped),
         Heading(2, "Equilibrium window"),
         Paragraph(WINDOW_TEXT),
@@ -285,7 +315,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
 
     Returns:
         The path of ``report.md``. Next to it: ``report.html`` (self-contained), ``figNN.png``
-        for each figure drawn and ``verdicts.json`` (the table as data).
+        for each figure drawn, ``verdicts.json`` (the table as data) and one JSON file per further table
+        (``equilibrium.json``: :func:`~normwatch.report.equilibrium.equilibrium_verdicts`).
 
     Raises:
         ImportError: matplotlib is not installed (the message says how to install it).
@@ -318,11 +349,16 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
         stale.unlink()
     figures = render_figures(analysis, out_dir)
     verdicts = evaluate(analysis)
-    blocks = _blocks(analysis, figures, verdicts, skipped)
+    extra = sections(analysis)
+    blocks = _blocks(analysis, figures, verdicts, skipped, extra)
     md_path = out_dir / "report.md"
     md_path.write_text(to_markdown(blocks), encoding="utf-8")
     (out_dir / "report.html").write_text(to_html(blocks, "normwatch report"), encoding="utf-8")
     (out_dir / "verdicts.json").write_text(
         json.dumps([v.to_dict() for v in verdicts], indent=2, ensure_ascii=False), encoding="utf-8"
     )
+    for stem, _, _, rows in extra:
+        (out_dir / f"{stem}.json").write_text(
+            json.dumps([v.to_dict() for v in rows], indent=2, ensure_ascii=False), encoding="utf-8"
+        )
     return md_path

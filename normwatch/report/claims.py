@@ -66,7 +66,8 @@ from normwatch.report.window import Window
 #: ``lars``: RMS ratio within ±15 % (the seed itself notes a larger discrepancy with momentum).
 #: ``autocorr``: |mean cos(g_t, v_{t−1})| ≤ 0.1. ``lars_acc``: final accuracies within one
 #: percentage point. ``lars_angle``: rotation ratio within ±15 %. ``best_lr``: best peak lrs
-#: within a factor 2 of each other (one step of a doubling grid).
+#: within a factor 2 of each other (one step of a doubling grid). ``angle``: a run's mean rotation per step
+#: within ±15 % of its optimizer's theory (:mod:`normwatch.report.equilibrium`; as ``lars_angle``).
 TOLERANCES: dict[str, float] = {
     "cos_wg": 0.01,
     "balance": 0.10,
@@ -75,6 +76,7 @@ TOLERANCES: dict[str, float] = {
     "lars_acc": 0.01,
     "lars_angle": 0.15,
     "best_lr": 2.0,
+    "angle": 0.15,
 }
 
 
@@ -259,10 +261,15 @@ def _ratio_verdict(
 
 
 def claim_balance(analysis: Analysis) -> Verdict:
-    """shrink ≈ growth in equilibrium: median over layers of Σgrowth/Σshrink in the window."""
+    """shrink ≈ growth in equilibrium, on the primary run (:func:`balance_verdict`)."""
+    return balance_verdict(analysis, analysis.roles.primary)
+
+
+def balance_verdict(analysis: Analysis, run: Run | None) -> Verdict:
+    """shrink ≈ growth in equilibrium for one run of any optimizer whose split normwatch logged: median over
+    layers of Σgrowth/Σshrink over each layer's window (the run's family's own relaxation time)."""
     claim, stat = "shrink ≈ growth in equilibrium", "Σ growth / Σ shrink over the window"
     pred, tol_s = "1", f"±{TOLERANCES['balance']:.0%}"
-    run = analysis.roles.primary
     if run is None:
         return _no_data(claim, stat, pred, tol_s, "no run with normwatch scalars")
     layers = run.layers_with("shrink", "growth")
