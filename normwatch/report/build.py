@@ -15,6 +15,7 @@ from normwatch.report.analysis import Analysis, analyse
 from normwatch.report.claims import TOLERANCES, Verdict, evaluate, sweep_table
 from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Table, to_html, to_markdown
 from normwatch.report.equilibrium import equilibrium_verdicts
+from normwatch.report.experiments import experiment_verdicts
 from normwatch.report.figures import FigureResult, render_figures
 from normwatch.report.runs import Run, find_runs, load_runs
 from normwatch.report.stats import SMOOTHING_FRACTION
@@ -239,9 +240,22 @@ EQUILIBRIUM_TEXT = (
 )
 
 
+EXPERIMENTS_TEXT = (
+    "The demo's eqinit, large-batch and smooth parts (`normwatch.report.experiments`). Each row compares two "
+    "groups of runs (one run per seed) and reads the difference's interval, the estimate ± "
+    f"{Z:g} standard errors: **holds** when it lies above 0, **does not hold** when below, **inconclusive** "
+    "when it contains 0. A test accuracy's error is binomial on the logged test-set size, and the mean over "
+    "seeds is floored by it; steps to equilibrium use the spread over seeds alone."
+)
+
+
 def sections(analysis: Analysis) -> list[Section]:
     """The verdict tables after the seed's claims (empty ones left out)."""
-    out: list[Section] = [("equilibrium", "Equilibrium of every run", EQUILIBRIUM_TEXT, equilibrium_verdicts(analysis))]
+    out: list[Section] = [
+        ("equilibrium", "Equilibrium of every run", EQUILIBRIUM_TEXT, equilibrium_verdicts(analysis)),
+        ("experiments", "Equilibrium init, large batches, smoothed LARS", EXPERIMENTS_TEXT,
+         experiment_verdicts(analysis)),
+    ]
     return [section for section in out if section[3]]
 
 

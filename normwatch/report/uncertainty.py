@@ -188,3 +188,18 @@ def clearly_apart(a: Interval, b: Interval) -> bool:
     only when the values are equal)."""
     d = difference(a, b)
     return d.low > 0 or d.high < 0
+
+
+def judge_greater(interval: Interval, bound: float = 0.0) -> Outcome:
+    """"holds" when low > bound (clearly above), "does not hold" when high < bound (clearly below), else
+    "inconclusive".
+
+    Example:
+        >>> [judge_greater(Interval(v, 0.01)) for v in (0.05, -0.05, 0.01)]
+        ['holds', 'does not hold', 'inconclusive']
+    """
+    if interval.low > bound:
+        return "holds"
+    if interval.high < bound:
+        return "does not hold"
+    return "inconclusive"
