@@ -4,7 +4,8 @@ One file, read top to bottom: Config → Data → Model → Optimizers and the s
 normwatch wiring, training and evaluation → Study → Command line.
 
     python demo/train_resnet.py                          # the whole study; the preset follows the hardware
-    python demo/train_resnet.py --parts sgdm,lars        # some parts, of sgdm, sgd, lars, sweep
+    python demo/train_resnet.py --parts sgdm,lars        # some parts, of sgdm, sgd, lars, sweep, eqinit,
+                                                         # large-batch, smooth
     python demo/train_resnet.py --preset full --compile  # on a GPU
     python demo/train_resnet.py --parts sweep --seeds 3  # the post averaged three runs per point
     torchrun --nproc_per_node=4 demo/train_resnet.py     # DDP: each GPU a quarter of every batch of 512
@@ -22,7 +23,10 @@ w_t → w_t+1, and test/acc at t is measured after it. A sweep run measures accu
 session (architecture, peak η, seed) and one scalar, `sweep/test_acc`, its final test accuracy, so that
 TensorBoard's HParams tab shows the sweep and its other tabs only the three main runs.
 
-Measured, cpu preset (the default without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
+Issue 17's parts (eqinit, large-batch, smooth; see experiment_runs) live in runs/<study>/<part>/<name>/, with
+normwatch's curves in curves.json (read by the report) and only `<part>/test_acc` in TensorBoard.
+
+Measured before those parts existed (and with heavy-ball LARS in the lars part), cpu preset (the default without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
 shared/data/make_cifar10.py (1,000 test images): the whole study, 23 runs and the report, took 7 min 23 s
 with torch 2.13.0+cpu on an idle machine (test acc sgdm 0.780, sgd 0.762, lars 0.776; sweep, 3 epochs each,
 0.45–0.61), and 45 min 16 s with OMP_NUM_THREADS=1 on one shared with other jobs (load 4–10; sgdm 0.783,
