@@ -26,7 +26,8 @@ TensorBoard's HParams tab shows the sweep and its other tabs only the three main
 Issue 17's parts (eqinit, large-batch, smooth; see experiment_runs) live in runs/<study>/<part>/<name>/, with
 normwatch's curves in curves.json (read by the report) and only `<part>/test_acc` in TensorBoard.
 
-Measured before those parts existed (and with heavy-ball LARS in the lars part), cpu preset (the default without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
+Measured before those parts existed (and with heavy-ball LARS in the lars part), cpu preset (the default
+without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
 shared/data/make_cifar10.py (1,000 test images): the whole study, 23 runs and the report, took 7 min 23 s
 with torch 2.13.0+cpu on an idle machine (test acc sgdm 0.780, sgd 0.762, lars 0.776; sweep, 3 epochs each,
 0.45–0.61), and 45 min 16 s with OMP_NUM_THREADS=1 on one shared with other jobs (load 4–10; sgdm 0.783,
