@@ -929,6 +929,13 @@ def explain(cfg: Config) -> None:
               f"μ {mu:g} as the sgdm part's, λ {wd:g}) with lr η_LARS(t) = √(2·η(t)·λ·(1−μ)), "
               f"{lars_lr(lr, wd, mu):.5f} at the peak: the value SGD+momentum's η·|g|/|w| settles to. BN and "
               f"classifier: Nesterov SGD on the recipe's η(t).")
+    if "large-batch" in cfg.parts:
+        sizes = ", ".join(f"{cfg.batch_size * k} (peak η {lr * k:g})" for k in cfg.batch_factors)
+        print(f"large-batch part: batch {sizes}: η ∝ batch size, λ and μ unchanged, η_LARS = √(2ηλ(1−μ)) "
+              f"from the scaled η; SGD, SGD with equilibrium init, LARS.")
+    if any(part in cfg.parts for part in EXPERIMENTS):
+        print(f"eqinit, large-batch, smooth: {cfg.part_seeds} seed(s) a point, {cfg.part_epochs or cfg.epochs} "
+              f"epochs a run; their normwatch curves go to curves.json, TensorBoard gets their final accuracy.")
 
 
 def load_data(cfg: Config) -> DeviceData:
