@@ -41,6 +41,32 @@ def part_run(path: Path, demo: dict, acc: float, settle: int | None = N) -> None
     (path / "result.json").write_text(json.dumps({"test_acc": acc}))
 
 
+def test_a_passing_crossing_is_not_settling(tmp_path: Path):
+    """The ratio is 0.5, then 1 on steps 40–49, 3 on 50–199 and 1 again from 200: the 10 steps at 1 are fewer
+    than the 30 (10 % of 300) needed, so the run settles after step 200, where the smoothed 3 − 2c/7 (c of the 7
+    points at 1) first is ≤ 1.1, at c = 7: step 203."""
+    t = np.arange(N)
+    ratio = np.where(t < 40, 0.5, np.where(t < 50, 1.0, np.where(t < 200, 3.0, 1.0))) * 0.01
+    scalars = {f"normwatch/{m}/{layer}": v for layer in rf.LAYERS
+               for m, v in (("lars_ratio", ratio), ("lars_theory", np.full(N, 0.01)))}
+    rf.write_events(tmp_path / "r", scalars, {"normwatch/config": {"family": "sgd"}})
+    assert settle_step(load_runs([tmp_path / "r"])[0]) == 203
+
+
+def test_lars_settles_on_its_rotation(tmp_path: Path):
+    """LARS's trust ratio makes lars_ratio its theory from step 0; its angle falls from 2× to its theory at step 100,
+    so the smoothed 2 − c/7 is first ≤ 1.1 at c = 7: step 103."""
+    t = np.arange(N)
+    scalars = {}
+    for layer in rf.LAYERS:
+        scalars |= {f"normwatch/lars_ratio/{layer}": np.full(N, 0.01),
+                    f"normwatch/lars_theory/{layer}": np.full(N, 0.01),
+                    f"normwatch/angle/{layer}": np.where(t < 100, 2.0, 1.0) * 0.02,
+                    f"normwatch/angle_theory/{layer}": np.full(N, 0.02)}
+    rf.write_events(tmp_path / "r", scalars, {"normwatch/config": {"family": "lars"}})
+    assert settle_step(load_runs([tmp_path / "r"])[0]) == 103
+
+
 def eqinit(root: Path, settles: dict[str, tuple[int | None, ...]], accs: dict[str, tuple[float, ...]]) -> list:
     for init in ("default", "equilibrium"):
         for seed, (s, a) in enumerate(zip(settles[init], accs[init])):

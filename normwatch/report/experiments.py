@@ -6,8 +6,10 @@ difference's interval (:mod:`normwatch.report.uncertainty`; the mean over seeds 
 accuracies the binomial error on the logged test-set size): **holds** when it lies above 0, **does not
 hold** when below, **inconclusive** when it contains 0.
 
-* eqinit: the steps a run takes until η|g|/|w| is within ±10 % of normwatch's ``lars_theory``
-  (:func:`settle_step`), default init − equilibrium init; and the test accuracy, equilibrium − default.
+* eqinit: the steps a run takes until η|g|/|w| settles within ±10 % of normwatch's ``lars_theory``
+  (:func:`settle_step`; for LARS, whose trust ratio sets η|g|/|w| to its theory from the first step, its
+  rotation per step against ``angle_theory``), default init − equilibrium init; and the test accuracy,
+  equilibrium − default.
 * large-batch, per batch size: test accuracy LARS − SGD, and SGD with equilibrium init − SGD; then whether
   LARS clearly wins at some batch size.
 * smooth: test accuracy of LARS with |g| averaged over batches − plain LARS.
@@ -34,20 +36,30 @@ from normwatch.report.uncertainty import (
     mean_se,
 )
 
-#: η|g|/|w| has settled when the median layer's smoothed ratio to lars_theory is within this fraction of 1.
+#: η|g|/|w| has settled when the median layer's smoothed ratio to lars_theory is within this fraction of 1 ...
 SETTLE_TOL = 0.10
+#: ... and stays there for this fraction of the run's logged steps (a passing crossing does not count).
+SETTLE_HOLD = 0.10
 
 __all__ = ["SETTLE_TOL", "experiment_verdicts", "settle_step"]
 
 
+def settle_pair(run: Run) -> tuple[str, str]:
+    """The measured metric and its theory that :func:`settle_step` compares: (lars_ratio, lars_theory), or for
+    LARS, whose trust ratio makes lars_ratio equal lars_theory at every step, (angle, angle_theory)."""
+    return ("angle", "angle_theory") if run.family == "lars" else ("lars_ratio", "lars_theory")
+
+
 def settle_step(run: Run) -> int | None:
-    r"""The first logged step t at which :math:`|\mathrm{median}_l\,\overline{r_l}(t) - 1| \le` SETTLE_TOL, with
-    :math:`r_l = \text{lars\_ratio}_l / \text{lars\_theory}_l` and the bar a centred moving average over
-    :func:`~normwatch.report.stats.smoothing_window` points; ``None`` if it never is (or nothing was logged).
+    r"""The first logged step t from which :math:`|\mathrm{median}_l\,\overline{r_l} - 1| \le` SETTLE_TOL holds on
+    the next ⌈SETTLE_HOLD·n⌉ logged steps (n the run's logged steps), with :math:`r_l` the measured metric over
+    its theory (:func:`settle_pair`) and the bar a centred moving average over
+    :func:`~normwatch.report.stats.smoothing_window` points; ``None`` if it never does (or nothing was logged).
     """
     curves = []
-    for layer in run.layers_with("lars_ratio", "lars_theory"):
-        steps, ratio, theory = align(run.series("lars_ratio", layer), run.series("lars_theory", layer))  # type: ignore[arg-type]
+    metric, prediction = settle_pair(run)
+    for layer in run.layers_with(metric, prediction):
+        steps, ratio, theory = align(run.series(metric, layer), run.series(prediction, layer))  # type: ignore[arg-type]
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(theory > 0, ratio / np.where(theory > 0, theory, 1.0), np.nan)
         curves.append((steps, moving_average(r, smoothing_window(r.size))))
@@ -60,7 +72,11 @@ def settle_step(run: Run) -> int | None:
     with np.errstate(all="ignore"):
         median = np.nanmedian(stacked, axis=0) if stacked.size else np.array([])
     ok = np.abs(median - 1.0) <= SETTLE_TOL
-    return int(common[np.argmax(ok)]) if ok.any() else None
+    hold = max(1, int(np.ceil(SETTLE_HOLD * ok.size)))
+    # inside[i]: steps i .. i+hold−1 are all within the band (a window sum of ok)
+    counts = np.convolve(ok.astype(int), np.ones(hold, dtype=int), mode="valid")
+    inside = np.nonzero(counts == hold)[0]
+    return int(common[inside[0]]) if inside.size else None
 
 
 def _last_step(run: Run) -> int:
@@ -127,26 +143,33 @@ def eqinit_verdicts(runs: Sequence[Run]) -> list[Verdict]:
             continue
         label = f"{opt}, {'Nesterov' if default[0].nesterov else 'heavy ball'}"
         names = _names(default, eq)
-        has_theory = all(r.layers_with("lars_ratio", "lars_theory") for r in default + eq)
-        stat = (f"steps until the median layer's smoothed η|g|/|w| is within ±{SETTLE_TOL:.0%} of lars_theory, "
-                "default − equilibrium init (mean over seeds; a run that never gets there counts as its length)")
+        metric, prediction = settle_pair(default[0])
+        has_theory = all(r.layers_with(metric, prediction) for r in default + eq)
+        stat = (f"steps until the median layer's smoothed {metric} ÷ {prediction} settles within ±{SETTLE_TOL:.0%} "
+                f"of 1 (for {SETTLE_HOLD:.0%} of the run's steps), default − equilibrium init (mean over seeds; a "
+                "run that never does counts as its length)")
         if has_theory:
             (d, never_d), (e, never_e) = _settle_interval(default), _settle_interval(eq)
             diff = difference(d, e)
-            row = _row(f"equilibrium init reaches η|g|/|w| ≈ theory sooner ({label})", stat, names, "> 0", diff)
+            row = _row(f"equilibrium init reaches {_quantity(metric)} ≈ theory sooner ({label})", stat, names, "> 0",
+                       diff)
             note = f"default {d.text()}, equilibrium {e.text()}"
             if never_d or never_e:
                 note += f"; never within ±{SETTLE_TOL:.0%}: {never_d} default, {never_e} equilibrium run(s)"
             rows.append(_with_measured(row, f"{row.measured} ({note})"))
         else:
-            rows.append(_row(f"equilibrium init reaches η|g|/|w| ≈ theory sooner ({label})", stat, names, "> 0", None,
-                             "the runs logged no lars_theory (normwatch has no theory for this optimizer form)"))
+            rows.append(_row(f"equilibrium init reaches {_quantity(metric)} ≈ theory sooner ({label})", stat, names,
+                             "> 0", None, f"the runs logged no {prediction} (normwatch has no theory for this form)"))
         a_d, a_e = _accuracy(default), _accuracy(eq)
         acc = difference(a_e, a_d) if a_d is not None and a_e is not None else None
         rows.append(_row(f"equilibrium init raises test accuracy ({label})",
                          "final test accuracy, equilibrium − default init (mean over seeds)", names, "> 0", acc,
                          "no test accuracy logged"))
     return rows
+
+
+def _quantity(metric: str) -> str:
+    return "η|g|/|w|" if metric == "lars_ratio" else "the rotation per step"
 
 
 def _with_measured(v: Verdict, measured: str) -> Verdict:
