@@ -4,7 +4,8 @@ One file, read top to bottom: Config → Data → Model → Optimizers and the s
 normwatch wiring, training and evaluation → Study → Command line.
 
     python demo/train_resnet.py                          # the whole study; the preset follows the hardware
-    python demo/train_resnet.py --parts sgdm,lars        # some parts, of sgdm, sgd, lars, sweep
+    python demo/train_resnet.py --parts sgdm,lars        # some parts, of sgdm, sgd, lars, sweep, eqinit,
+                                                         # large-batch, smooth
     python demo/train_resnet.py --preset full --compile  # on a GPU
     python demo/train_resnet.py --parts sweep --seeds 3  # the post averaged three runs per point
     torchrun --nproc_per_node=4 demo/train_resnet.py     # DDP: each GPU a quarter of every batch of 512
@@ -22,7 +23,11 @@ w_t → w_t+1, and test/acc at t is measured after it. A sweep run measures accu
 session (architecture, peak η, seed) and one scalar, `sweep/test_acc`, its final test accuracy, so that
 TensorBoard's HParams tab shows the sweep and its other tabs only the three main runs.
 
-Measured, cpu preset (the default without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
+Issue 17's parts (eqinit, large-batch, smooth; see experiment_runs) live in runs/<study>/<part>/<name>/, with
+normwatch's curves in curves.json (read by the report) and only `<part>/test_acc` in TensorBoard.
+
+Measured before those parts existed (and with heavy-ball LARS in the lars part), cpu preset (the default
+without CUDA), 2-core AMD EPYC VMs, the JPEG CIFAR-10 copy from
 shared/data/make_cifar10.py (1,000 test images): the whole study, 23 runs and the report, took 7 min 23 s
 with torch 2.13.0+cpu on an idle machine (test acc sgdm 0.780, sgd 0.762, lars 0.776; sweep, 3 epochs each,
 0.45–0.61), and 45 min 16 s with OMP_NUM_THREADS=1 on one shared with other jobs (load 4–10; sgdm 0.783,
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -76,7 +82,11 @@ except ImportError:  # the report is optional
 #                                                   Config                                                   #
 ##############################################################################################################
 
-PARTS = ("sgdm", "sgd", "lars", "sweep")
+PARTS = ("sgdm", "sgd", "lars", "sweep", "eqinit", "large-batch", "smooth")
+# Issue 17's parts. Their runs live in <study>/<part>/<name>/; normwatch's curves of each go to its curves.json
+# (which the report reads) and TensorBoard gets only the run's final accuracy, <part>/test_acc, so that no
+# TensorBoard chart draws more than 8 lines.
+EXPERIMENTS = ("eqinit", "large-batch", "smooth")
 
 
 @dataclass
@@ -103,6 +113,10 @@ class Config:
     archs: tuple[str, ...] = ("basic", "resnet9", "res_l1_l2_l3", "extra_l1_l2_l3")  # sweep architectures
     seeds: int = 3  # sweep repeats per point (seeds seed, seed+1, ...); the post averaged three
     seed: int = 0
+    part_epochs: int = 0  # epochs of each eqinit, large-batch and smooth run; 0 = epochs
+    part_seeds: int = 3  # seeds of each eqinit, large-batch and smooth point
+    batch_factors: tuple[int, ...] = (1, 4, 16)  # large-batch: batch_size × these (512 → 8192)
+    smooth_beta: float = 0.9  # smooth: β of LARS's exponential average of |g| (grad_norm_beta)
     # machinery
     device: str = "cuda"
     compile: bool = False  # torch.compile the model (the optimizer step and normwatch's hooks stay eager)
@@ -125,11 +139,15 @@ class Config:
 # are the full recipe's, and parts 1–3 (20 epochs, 1,940 steps) reach equilibrium, which batch 512 on a CPU
 # budget would not. Each sweep run gets 3 epochs.
 # Accuracies say little about the full recipe's; the normwatch curves show the same mechanisms.
+# Issue 17's parts on the cpu preset: 4 epochs a run, 2 seeds a point, batch 128 and 512 for large-batch
+# (24 runs, 96 epochs).
 PRESETS = {
-    "full": dict(width=1.0, epochs=24, sweep_epochs=0, batch_size=512, subset=0, test_subset=0, seeds=3),
-    "quick": dict(width=1.0, epochs=10, sweep_epochs=0, batch_size=512, subset=0, test_subset=0, seeds=1),
+    "full": dict(width=1.0, epochs=24, sweep_epochs=0, batch_size=512, subset=0, test_subset=0, seeds=3,
+                 part_epochs=0, part_seeds=3, batch_factors=(1, 4, 16)),
+    "quick": dict(width=1.0, epochs=10, sweep_epochs=0, batch_size=512, subset=0, test_subset=0, seeds=1,
+                  part_epochs=0, part_seeds=1, batch_factors=(1, 4)),
     "cpu": dict(width=0.125, epochs=20, sweep_epochs=3, batch_size=128, subset=12_500, test_subset=1_000,
-                seeds=1),
+                seeds=1, part_epochs=4, part_seeds=2, batch_factors=(1, 4)),
 }
 
 ##############################################################################################################
@@ -441,11 +459,19 @@ class Run:
     nesterov: bool
     seed: int
     epochs: int = 24
+    init: str = "default"  # default | equilibrium (normwatch.equilibrium_init at the peak lr before training)
+    batch_size: int = 0  # 0: the study's batch size
+    grad_norm_beta: float = 0.0  # LARS: β of the exponential average of |g| in its trust ratio
 
     @property
     def is_sweep(self) -> bool:
         """A sweep run measures test accuracy only: no normwatch, no curves, an HParams session instead."""
         return self.part == "sweep"
+
+    @property
+    def is_experiment(self) -> bool:
+        """A run of issue 17's parts: normwatch's curves in curves.json, its final accuracy in TensorBoard."""
+        return self.part in EXPERIMENTS
 
 
 def make_optimizer(model: nn.Module, run: Run, steps_per_epoch: int, epochs: int):
@@ -456,8 +482,9 @@ def make_optimizer(model: nn.Module, run: Run, steps_per_epoch: int, epochs: int
     Departures from Myrtle: PyTorch's Nesterov keeps η outside the buffer (v = μv + g + λw;
     w -= η·(g + λw + μv)); Myrtle's later nesterov_update puts it inside (v = μv − η·(g + λw)). They
     agree for a constant η and differ slightly while it changes; Myrtle's 2018 code, which the post used,
-    called torch.optim.SGD(nesterov=True) as here. normwatch's LARS has heavy-ball momentum (no Nesterov),
-    in both of its groups."""
+    called torch.optim.SGD(nesterov=True) as here. LARS takes the run's momentum form in both of its groups:
+    the lars part runs Nesterov, as its SGD (normwatch.optim.LARS(nesterov=True)), so that comparing the two
+    compares like with like (heavy-ball LARS would rotate ≈ 0.86× as fast by theory alone)."""
     conv = [p for p in model.parameters() if p.ndim == 4]
     rest = [p for p in model.parameters() if p.ndim != 4]
 
@@ -469,7 +496,8 @@ def make_optimizer(model: nn.Module, run: Run, steps_per_epoch: int, epochs: int
         # the rest: plain SGD with momentum (the `lars: False` group) on the recipe's η(t).
         groups = [dict(params=conv, lr=lars_lr(run.peak_lr, run.weight_decay, run.momentum)),
                   dict(params=rest, lr=run.peak_lr, lars=False)]
-        opt = LARS(groups, lr=run.peak_lr, momentum=run.momentum, weight_decay=run.weight_decay)
+        opt = LARS(groups, lr=run.peak_lr, momentum=run.momentum, weight_decay=run.weight_decay,
+                   nesterov=run.nesterov and run.momentum > 0, grad_norm_beta=run.grad_norm_beta)
         factors = [lambda s: math.sqrt(schedule(s)), schedule]
     else:
         groups = [dict(params=conv), dict(params=rest)]
@@ -526,7 +554,7 @@ def run_config(cfg: Config, run: Run, data: DeviceData) -> dict:
         amp="bf16 autocast" if cfg.device.startswith("cuda") else "fp32", ranks=cfg.world,
         bn_statistics="each rank's share of the batch" if cfg.world > 1 and not global_bn(cfg) else "the batch",
         torch=torch.__version__, normwatch=getattr(normwatch, "__version__", "?"),
-    )
+    ) | (dict(init=run.init, grad_norm_beta=run.grad_norm_beta) if run.is_experiment else {})
 
 
 # may differ when a rerun reuses a finished run
@@ -587,13 +615,72 @@ def make_model(cfg: Config, run: Run, device: torch.device) -> tuple[nn.Module, 
     return model, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def watch(cfg: Config, run: Run, forward: nn.Module, opt, writer: SummaryWriter | None):
+class Curves:
+    """A writer for normwatch that keeps the curves the report reads (CURVE_METRICS and normwatch/config) and
+    writes them to run_dir/curves.json on close: {"scalars": {tag: [steps, values]}, "texts": {tag: text}}.
+    Issue 17's parts use it, so their runs add no line to TensorBoard's charts."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.scalars, self.texts = run_dir / "curves.json", {}, {}
+
+    def add_scalar(self, tag: str, value, step: int, walltime: float | None = None) -> None:
+        if tag.split("/")[1] in CURVE_METRICS:
+            steps, values = self.scalars.setdefault(tag, ([], []))
+            steps.append(int(step))
+            values.append(float(value))
+
+    def add_text(self, tag: str, text: str) -> None:
+        self.texts[tag] = text
+
+    def add_custom_scalars(self, layout) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.path.write_text(json.dumps(dict(scalars=self.scalars, texts=self.texts)))
+
+
+# what the report's verdicts on issue 17's parts and its equilibrium rows read
+CURVE_METRICS = ("lars_ratio", "lars_theory", "angle", "angle_theory", "shrink", "growth", "lr", "weight_decay",
+                 "momentum")
+
+
+def watch(cfg: Config, run: Run, forward: nn.Module, opt, writer):
     """All of normwatch: attach to the module the loop calls and to the optimizer, close at the end. It writes
-    its normwatch/<metric>/<layer> tags into our writer, so each run is one TensorBoard run. A sweep run gets
-    none: the sweep compares test accuracies, and 20 more sets of per-layer curves would bury the main runs'."""
+    its normwatch/<metric>/<layer> tags into our writer, so each run is one TensorBoard run (issue 17's parts:
+    into a Curves writer). A sweep run gets none: the sweep compares test accuracies, and 20 more sets of
+    per-layer curves would bury the main runs'."""
     if run.is_sweep:
         return None
     return normwatch.attach(forward, opt, writer=writer, every=cfg.every, fused=cfg.fused_stats)
+
+
+def init_at_equilibrium(cfg: Config, forward: nn.Module, opt, data: DeviceData, run: Run, device) -> int:
+    """normwatch.equilibrium_init on up to 4 training batches (drawn from their own generator, so training sees
+    the same data as the run with the default init), each param group at its peak lr (the scheduler's
+    initial_lr). Returns the number of layers rescaled."""
+    gen = torch.Generator(device=device).manual_seed(run.seed + 10_000)
+    xs, ys = data.epoch(gen, cfg.cutout)
+    share = cfg.batch_size // cfg.world
+    count = min(4, len(ys) // cfg.batch_size)
+    batches = [(xs[i * cfg.batch_size + cfg.rank * share:][:share].contiguous(memory_format=torch.channels_last),
+                ys[i * cfg.batch_size + cfg.rank * share:][:share]) for i in range(count)]
+    now = [group["lr"] for group in opt.param_groups]
+    for group in opt.param_groups:
+        group["lr"] = group["initial_lr"]
+    try:
+        scales = normwatch.equilibrium_init(forward, opt, batches)
+    finally:
+        for group, lr in zip(opt.param_groups, now):
+            group["lr"] = lr
+    return sum(scale.factor != 1.0 for scale in scales.values())
+
+
+def for_run(cfg: Config, run: Run) -> Config:
+    """The config a run trains with: the study's, with the run's own batch size (large-batch)."""
+    return dataclasses.replace(cfg, batch_size=run.batch_size) if run.batch_size else cfg
 
 
 def train_epoch(cfg: Config, forward: nn.Module, opt, sched, batches: tuple[torch.Tensor, torch.Tensor],
@@ -634,6 +721,7 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
     """One run: a fresh model, optimizer and SummaryWriter, with normwatch attached to that writer (main runs).
     Under torchrun: every rank draws the same shuffled, augmented epoch and trains DDP on its slice of each
     global batch; rank 0 alone writes."""
+    cfg = for_run(cfg, run)
     device = torch.device(cfg.device)
     amp = device.type == "cuda"
     steps_per_epoch = len(data.train_y) // cfg.batch_size  # the last partial batch is dropped
@@ -642,10 +730,15 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
     gen = torch.Generator(device=device).manual_seed(run.seed)  # shuffling and augmentation, alike on all ranks
     model, forward = make_model(cfg, run, device)
     opt, sched = make_optimizer(model, run, steps_per_epoch, run.epochs)
+    rescaled = init_at_equilibrium(cfg, forward, opt, data, run, device) if run.init == "equilibrium" else None
     forward = torch.compile(forward) if cfg.compile else forward
-    watcher = watch(cfg, run, forward, opt, writer)
+    curves = Curves(run_dir) if run.is_experiment and writer else None
+    watcher = watch(cfg, run, forward, opt, curves or writer)
     print(f"== {run.part} {run.name}: {ARCHS[run.arch]['label']}, {run.optimizer}, peak η {run.peak_lr:g}, "
-          f"λ {run.weight_decay:g}, μ {run.momentum:g}{' Nesterov' if run.nesterov else ''}, seed {run.seed}")
+          f"λ {run.weight_decay:g}, μ {run.momentum:g}{' Nesterov' if run.nesterov else ''}, seed {run.seed}"
+          + (f", batch {cfg.batch_size}" if run.batch_size else "")
+          + (f", |g| averaged with β {run.grad_norm_beta:g}" if run.grad_norm_beta else "")
+          + (f", equilibrium init ({rescaled} layers rescaled)" if rescaled is not None else ""))
     print(f"{'epoch':>5} {'η':>9} {'train s':>8} {'loss':>7} {'train acc':>9} {'test acc':>8} {'total s':>8}")
     step, epoch, train_time, test_acc, t_start = 0, 0, 0.0, math.nan, time.perf_counter()
     try:
@@ -657,7 +750,7 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
                                                steps)
             train_time += time.perf_counter() - t0
             test_acc = evaluate(model, data.test_x, data.test_y, amp, cfg)  # eager: no recompile for eval mode
-            if writer and not run.is_sweep:
+            if writer and not (run.is_sweep or run.is_experiment):
                 log_epoch(writer, step, losses, correct, lrs, test_acc, cfg.batch_size)
             step += steps
             print(f"{epoch:>5} {lrs[-1]:>9.4g} {train_time:>8.2f} {np.mean(losses):>7.4f} "
@@ -665,10 +758,14 @@ def train(cfg: Config, run: Run, data: DeviceData, run_dir: Path) -> dict:
                   f"{time.perf_counter() - t_start:>8.2f}")
         if writer and run.is_sweep:
             end_session(writer, run, test_acc, step - 1)
+        if writer and run.is_experiment:
+            writer.add_scalar(f"{run.part}/test_acc", test_acc, step - 1)
         layers = len(watcher.layers) if watcher else 0
     finally:
         if watcher:
             watcher.close()
+        if curves:
+            curves.close()
         if writer:
             writer.close()
     result = dict(test_acc=test_acc, train_time_s=round(train_time, 3),
@@ -740,14 +837,50 @@ def plan(cfg: Config) -> list[tuple[Run, Path]]:
                             nesterov=False, **one))
         elif part == "lars":
             runs.append(Run("lars", "lars", optimizer="lars", peak_lr=lr, weight_decay=wd, momentum=mu,
-                            nesterov=False, **one))
+                            nesterov=True, **one))
         elif part == "sweep":
             for arch in cfg.archs:
                 for peak in cfg.lrs:
                     for s in range(cfg.seed, cfg.seed + cfg.seeds):
                         runs.append(Run("sweep", f"{arch}-lr{peak:g}-s{s}", arch, "sgd", peak, wd, mu,
                                         nesterov=True, seed=s, epochs=sweep_epochs))
-    return [(r, out / "sweep" / r.name if r.is_sweep else out / r.part) for r in runs]
+        elif part in EXPERIMENTS:
+            runs += experiment_runs(cfg, part)
+    return [(r, out / r.part / r.name if r.is_sweep or r.is_experiment else out / r.part) for r in runs]
+
+
+def experiment_runs(cfg: Config, part: str) -> list[Run]:
+    """Issue 17's parts, each point with cfg.part_seeds seeds, cfg.part_epochs epochs a run (ResNet-9, the
+    recipe's η, λ, μ):
+
+    * eqinit: the default init and normwatch.equilibrium_init, for Nesterov SGD and for LARS in the form
+      normwatch's theory describes (per-tensor trust, heavy ball, so that lars_theory is logged).
+    * large-batch: at batch_size × each of batch_factors, Nesterov SGD, the same with equilibrium init, and
+      Nesterov LARS. Scaling rules: η ∝ batch size (linear scaling), λ and μ unchanged, and LARS's
+      η_LARS = √(2ηλ(1−μ)) from the scaled η (∝ √batch size), the seed's prescription.
+    * smooth: Nesterov LARS as in the lars part, plain and with |g| averaged over batches (β = smooth_beta).
+    """
+    lr, wd, mu = cfg.peak_lr, cfg.weight_decay, cfg.momentum
+    common = dict(arch="resnet9", weight_decay=wd, momentum=mu, epochs=cfg.part_epochs or cfg.epochs)
+    runs = []
+    for s in range(cfg.seed, cfg.seed + cfg.part_seeds):
+        if part == "eqinit":
+            for opt, nesterov in (("sgd", True), ("lars", False)):
+                for init in ("default", "equilibrium"):
+                    runs.append(Run(part, f"{opt}-{init}-s{s}", optimizer=opt, peak_lr=lr, nesterov=nesterov, seed=s,
+                                    init=init, **common))
+        elif part == "large-batch":
+            for k in cfg.batch_factors:
+                b = cfg.batch_size * k
+                for opt, init in (("sgd", "default"), ("sgd", "equilibrium"), ("lars", "default")):
+                    name = f"b{b}-{opt}{'-eqinit' if init == 'equilibrium' else ''}-s{s}"
+                    runs.append(Run(part, name, optimizer=opt, peak_lr=lr * k, nesterov=True, seed=s, init=init,
+                                    batch_size=b, **common))
+        elif part == "smooth":
+            for beta in (0.0, cfg.smooth_beta):
+                runs.append(Run(part, f"beta{beta:g}-s{s}", optimizer="lars", peak_lr=lr, nesterov=True, seed=s,
+                                grad_norm_beta=beta, **common))
+    return runs
 
 
 def planned_steps(run: Run, steps_per_epoch: int, max_steps: int) -> int:
@@ -792,10 +925,17 @@ def explain(cfg: Config) -> None:
               f"weight-decay shrink per step (ηλ = {lr_sgd * wd_sgd:.3g} = {lr:g}·{wd:g}/(1−{mu:g}) at the peak) "
               f"and its scale-invariant step (√(2ηλ) = {math.sqrt(2 * lr_sgd * wd_sgd):.4f}): η/(1−μ) held fixed.")
     if "lars" in cfg.parts:
-        print(f"lars part: conv weights use normwatch's LARS (trust ratio |w|/|g+λw|, heavy-ball momentum "
-              f"μ {mu:g}, λ {wd:g}) with lr η_LARS(t) = √(2·η(t)·λ·(1−μ)), {lars_lr(lr, wd, mu):.5f} at the "
-              f"peak: the value SGD+momentum's η·|g|/|w| settles to. BN and classifier: momentum SGD on the "
-              f"recipe's η(t).")
+        print(f"lars part: conv weights use normwatch's LARS (trust ratio |w|/|g+λw|, Nesterov momentum "
+              f"μ {mu:g} as the sgdm part's, λ {wd:g}) with lr η_LARS(t) = √(2·η(t)·λ·(1−μ)), "
+              f"{lars_lr(lr, wd, mu):.5f} at the peak: the value SGD+momentum's η·|g|/|w| settles to. BN and "
+              f"classifier: Nesterov SGD on the recipe's η(t).")
+    if "large-batch" in cfg.parts:
+        sizes = ", ".join(f"{cfg.batch_size * k} (peak η {lr * k:g})" for k in cfg.batch_factors)
+        print(f"large-batch part: batch {sizes}: η ∝ batch size, λ and μ unchanged, η_LARS = √(2ηλ(1−μ)) "
+              f"from the scaled η; SGD, SGD with equilibrium init, LARS.")
+    if any(part in cfg.parts for part in EXPERIMENTS):
+        print(f"eqinit, large-batch, smooth: {cfg.part_seeds} seed(s) a point, {cfg.part_epochs or cfg.epochs} "
+              f"epochs a run; their normwatch curves go to curves.json, TensorBoard gets their final accuracy.")
 
 
 def load_data(cfg: Config) -> DeviceData:
@@ -853,10 +993,12 @@ def run_all(cfg: Config, data: DeviceData, results: list) -> None:
     """Train each planned run not finished before, in order, appending (run, run_dir, result) to results, and
     after each one print a progress line with the time left."""
     runs = plan(cfg)
-    steps_per_epoch = len(data.train_y) // cfg.batch_size
-    earlier = [from_rank0(cfg, finished, run_dir, run_config(cfg, run, data)) for run, run_dir in runs]
-    steps_left = sum(planned_steps(run, steps_per_epoch, cfg.max_steps)
-                     for (run, _), res in zip(runs, earlier) if res is None)
+    earlier = [from_rank0(cfg, finished, run_dir, run_config(for_run(cfg, run), run, data)) for run, run_dir in runs]
+
+    def steps_of(run: Run) -> int:
+        return planned_steps(run, len(data.train_y) // (run.batch_size or cfg.batch_size), cfg.max_steps)
+
+    steps_left = sum(steps_of(run) for (run, _), res in zip(runs, earlier) if res is None)
     seconds, steps_done = 0.0, 0
     for k, ((run, run_dir), res) in enumerate(zip(runs, earlier), 1):
         where = f"[{k}/{len(runs)}] {run_dir}"
@@ -866,7 +1008,7 @@ def run_all(cfg: Config, data: DeviceData, results: list) -> None:
             print(f"\n{where}")
             res = train(cfg, run, data, run_dir)
             seconds, steps_done = seconds + res["total_time_s"], steps_done + res["steps"]
-            steps_left -= planned_steps(run, steps_per_epoch, cfg.max_steps)
+            steps_left -= steps_of(run)
             print(f"{where}: test acc {res['test_acc']:.4f} in {res['total_time_s']:.0f} s; "
                   f"{time_left(seconds, steps_done, steps_left)}")
         results.append((run, run_dir, res))
@@ -876,7 +1018,8 @@ def summarise(cfg: Config, results: list, wall: float) -> None:
     print(f"\n== study {cfg.out}: {len(results)} runs in {wall:.0f} s")
     for run, _, res in results:
         if not run.is_sweep:
-            print(f"{run.part:>5}: test acc {res['test_acc']:.4f} (train time {res['train_time_s']:.1f} s)")
+            label = f"{run.part}/{run.name}" if run.is_experiment else run.part
+            print(f"{label:>5}: test acc {res['test_acc']:.4f} (train time {res['train_time_s']:.1f} s)")
     sweep = [(run, res) for run, _, res in results if run.is_sweep]
     if sweep:
         print(f"sweep: test acc against peak η, mean of {cfg.seeds} seed(s)")
@@ -985,6 +1128,8 @@ def _parser() -> Parser:
     p.add_argument("--test-subset", type=whole(0), help="class-balanced number of test images (0 = all)")
     p.add_argument("--seeds", type=whole(1), help="sweep repeats per point")
     p.add_argument("--seed", type=whole(0), default=Config.seed)
+    p.add_argument("--part-epochs", type=whole(0), help="epochs of each eqinit, large-batch, smooth run (0: --epochs)")
+    p.add_argument("--part-seeds", type=whole(1), help="seeds of each eqinit, large-batch, smooth point")
     p.add_argument("--batch-size", type=whole(1))
     p.add_argument("--lrs", type=peak_lrs, help="sweep grid of peak η, comma-separated (default 0.1,0.2,0.4,0.8,1.6)")
     p.add_argument("--archs", type=names(tuple(ARCHS), "architecture"), default=Config.archs,
@@ -1021,7 +1166,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, str]:
                  device=device, compile=a.compile, seed=a.seed, every=a.every, max_steps=a.max_steps,
                  report=not a.no_report, sync_bn=not a.no_sync_bn, fused_stats=a.fused_stats, out=str(out),
                  **PRESETS[preset])
-    for field in ("epochs", "sweep_epochs", "batch_size", "width", "subset", "test_subset", "seeds", "lrs"):
+    for field in ("epochs", "sweep_epochs", "batch_size", "width", "subset", "test_subset", "seeds", "lrs",
+                  "part_epochs", "part_seeds"):
         if getattr(a, field) is not None:
             setattr(cfg, field, getattr(a, field))
     return cfg, why

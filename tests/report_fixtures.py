@@ -75,6 +75,10 @@ def sgd_run(
     angle_scale: float = 1.0,
     angle_base: np.ndarray | None = None,
     seed: int = 0,
+    nesterov: bool = False,
+    angle_noise: float = 0.2,
+    layer_growth: tuple[float, ...] | None = None,
+    test_images: int | None = None,
 ) -> SyntheticRun:
     """An SGD-family run whose equilibrium relations hold up to known factors.
 
@@ -83,7 +87,9 @@ def sgd_run(
       is computed by the test from the same formula.
     * ``cos_wg`` ~ 1e-4 noise; ``grad_autocorr`` = 0.03 + 0.02·noise; ``angle`` = ``angle_scale``
       × (1 + 0.2·noise) × ``angle_base`` (default: its own prediction √(2ηλ/(1+μ)), logged as
-      ``angle_theory`` except for LARS).
+      ``angle_theory`` except for LARS); ``angle_noise`` replaces the 0.2.
+    * ``layer_growth``: one growth factor per layer instead of ``growth_factor``.
+    * ``nesterov`` and ``test_images`` go into the configs as the demo writes them.
     """
     rng = np.random.default_rng(seed)
     t = np.arange(N_STEPS, dtype=np.float64)
@@ -95,7 +101,8 @@ def sgd_run(
     for i, layer in enumerate(LAYERS):
         w2 = (2.0 + i) * (1.0 + 0.5 * (1.0 - np.exp(-t / 40.0)))
         shrink = 2.0 * lr * lam / (1.0 - mu) * w2
-        growth = np.where(t >= WARMUP, growth_factor * shrink, shrink * (1.5 + 0.3 * rng.standard_normal(N_STEPS)))
+        factor = growth_factor if layer_growth is None else layer_growth[i]
+        growth = np.where(t >= WARMUP, factor * shrink, shrink * (1.5 + 0.3 * rng.standard_normal(N_STEPS)))
         lars = theory * (lars_factor + 0.1 * np.sin(t + i))
         angle_theory = np.sqrt(2.0 * lr * lam / (1.0 + mu))
         per = {
@@ -109,7 +116,7 @@ def sgd_run(
             "tangential": np.zeros(N_STEPS),
             "angle": angle_scale
             * (angle_theory if angle_base is None else angle_base)
-            * (1.0 + 0.2 * rng.standard_normal(N_STEPS)),
+            * (1.0 + angle_noise * rng.standard_normal(N_STEPS)),
             "lars_ratio": lars,
             "lr": lr,
             "weight_decay": np.full(N_STEPS, lam),
@@ -132,7 +139,7 @@ def sgd_run(
     config = {
         "optimizer": "LARS" if family == "lars" else "SGD",
         "family": family,
-        "nesterov": False,
+        "nesterov": nesterov,
         "dampening": 0.0,
         "layers": [{"name": layer, "norm": "BatchNorm2d", "granularity": "channel", "params": 576} for layer in LAYERS],
     }
@@ -142,16 +149,18 @@ def sgd_run(
         "peak_lr": peak_lr,
         "weight_decay": lam,
         "momentum": mu,
-        "nesterov": False,
+        "nesterov": nesterov,
         "optimizer": "lars" if family == "lars" else "sgd",
         "seed": seed,
     }
+    if test_images is not None:
+        demo["test_images"] = test_images
     write_events(path, scalars, {"normwatch/config": config, "demo/config": demo})
     return run
 
 
-def sweep_run(path: Path, arch: str, peak_lr: float, seed: int, acc: float) -> None:
-    """A sweep run: only ``test/acc`` and ``demo/config`` (part "sweep")."""
+def sweep_run(path: Path, arch: str, peak_lr: float, seed: int, acc: float, test_images: int | None = None) -> None:
+    """A sweep run: only ``test/acc`` and ``demo/config`` (part "sweep"; ``test_images`` when given)."""
     demo = {
         "part": "sweep",
         "arch": arch,
@@ -162,6 +171,8 @@ def sweep_run(path: Path, arch: str, peak_lr: float, seed: int, acc: float) -> N
         "optimizer": "sgd",
         "seed": seed,
     }
+    if test_images is not None:
+        demo["test_images"] = test_images
     write_events(path, {"test/acc": np.array([acc - 0.1, acc])}, {"demo/config": demo})
 
 

@@ -602,7 +602,8 @@ def test_report_from_a_real_normwatch_run(tmp_path: Path):
     assert not (out / "fig05.png").exists() and not (out / "fig08.png").exists()  # μ = 0.5, no sweep
     verdicts = {i: v for i, v in enumerate(json.loads((out / "verdicts.json").read_text()), start=1)}
     for i in (1, 2, 4, 5):  # w·g, balance, η|g|/|w| with momentum, autocorrelation
-        assert verdicts[i]["outcome"] in ("holds", "does not hold"), verdicts[i]
+        # judged on data (40 noisy steps on two layers may leave a claim inconclusive, never "no data")
+        assert verdicts[i]["outcome"] in ("holds", "does not hold", "inconclusive"), verdicts[i]
         assert sorted(verdicts[i]["per_layer"]) == ["0", "3"]  # the two convs followed by BN
     assert verdicts[2]["window"] == "steps 15–39"  # t_peak 0 + 3τ, τ = (1−0.5)/(4·0.5·0.05) = 5
     assert [verdicts[i]["outcome"] for i in (3, 6, 7, 8)] == ["no data"] * 4

@@ -13,12 +13,11 @@ from normwatch.report.roles import Roles, pick_roles
 from normwatch.report.runs import Run, Series
 from normwatch.report.window import Window, equilibrium_window, schedule_drift
 
-#: Families without a relaxation time, so without an equilibrium window, and why (one line each).
-#: LARS rescales each step by |w|/|g + λw|, so the SGD relaxation time does not apply; the LARS
-#: claims are measured on the SGD run's window instead. Adam with L2 decay relaxes in
-#: ≈ σ*/(3ηλ) steps, σ* the equilibrium gradient RMS (:func:`~normwatch.report.stats.relaxation_time`).
+#: Families without a relaxation time from η, λ, μ alone, so without an equilibrium window, and why.
+#: Adam with L2 decay relaxes in ≈ σ*/(3ηλ) steps, σ* the equilibrium gradient RMS
+#: (:func:`~normwatch.report.stats.relaxation_time`). Every other family gets the window of its own
+#: relaxation time (LARS: ((1−μ)/η)², of |w|²; AdamW, Muon: 1/(2ηλ)), or one that says it has none.
 NO_RELAXATION_TIME = {
-    "lars": "no relaxation-time formula for LARS; its claims use the SGD run's window",
     "adam": "no relaxation-time formula for Adam with L2 weight decay: it depends on the gradient RMS, "
     "not on η, λ alone (AdamW's 1/(2ηλ) does not apply)",
 }

@@ -14,11 +14,14 @@ import numpy as np
 from normwatch.report.analysis import Analysis, analyse
 from normwatch.report.claims import TOLERANCES, Verdict, evaluate, sweep_table
 from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Table, to_html, to_markdown
+from normwatch.report.equilibrium import equilibrium_verdicts
+from normwatch.report.experiments import experiment_verdicts
 from normwatch.report.figures import FigureResult, render_figures
 from normwatch.report.lm_document import lm_blocks
 from normwatch.report.lm_measure import is_lm, is_lm_study
 from normwatch.report.runs import Run, find_runs, load_runs
 from normwatch.report.stats import SMOOTHING_FRACTION
+from normwatch.report.uncertainty import Z
 from normwatch.report.window import RELAXATION_TIMES, TRACKING_MARGIN
 
 #: The one sentence shown when the optional plotting dependency is missing.
@@ -47,8 +50,10 @@ def default_out(run_dirs: Sequence[str | Path]) -> Path:
 WINDOW_TEXT = (
     "Equilibrium claims are measured on each layer's **equilibrium window**, computed from the logged "
     "lr η, weight decay λ and momentum μ at every step, with the relaxation time τ = (1−μ)/(4ηλ) steps "
-    "of |w|⁴ (`normwatch.theory.sgd_relaxation_steps`; 1/(2ηλ) of |w|² for AdamW; none for LARS or for Adam "
-    "with L2 weight decay, whose τ depends on the gradient RMS, so they get no window). (1) Warm-up ends at "
+    "of |w|⁴ (`normwatch.theory.sgd_relaxation_steps`); every other optimizer uses its own relaxation time "
+    "(`normwatch.theory.relaxation_steps`: 1/(2ηλ) of |w|² for AdamW, Muon and other decoupled decay, "
+    "((1−μ)/η)² of |w|² for LARS; none for Adam with L2 weight decay, whose τ depends on the gradient RMS, so "
+    "it gets no window). (1) Warm-up ends at "
     "t_peak, the first step where η reaches its maximum. "
     f"(2) The window opens at the first step by which k = {RELAXATION_TIMES:g} relaxation times have accrued "
     "after t_peak (Σ Δt/τ ≥ k; t_peak + kτ for constant hyperparameters), when the initial distance of |w|⁴ "
@@ -99,6 +104,8 @@ def _verdict_cell(v: Verdict) -> str:
         return f"no data: {v.detail}"
     if v.outcome == "does not hold":
         return f"**does not hold** ({v.detail})" if v.detail else "**does not hold**"
+    if v.outcome == "inconclusive":
+        return f"inconclusive ({v.detail})" if v.detail else "inconclusive"
     return "holds"
 
 
@@ -124,11 +131,15 @@ def _summary(analysis: Analysis, verdicts: list[Verdict]) -> Paragraph:
     read = f"{len(main)} run(s) with normwatch scalars ({', '.join(main)})" if main else "no normwatch run"
     if sweep:
         read += f" and a learning-rate sweep of {len(sweep)} runs"
-    held, failed, missing = (_numbers(verdicts, o) for o in ("holds", "does not hold", "no data"))
+    held, failed, unsure, missing = (
+        _numbers(verdicts, o) for o in ("holds", "does not hold", "inconclusive", "no data")
+    )
     failures = "; ".join(f"{i}: {verdicts[int(i) - 1].detail}" for i in failed)
     tally = [f"{len(held)} hold" + (f" ({', '.join(held)})" if held else "")]
     if failed:
         tally.append(f"{len(failed)} {'does' if len(failed) == 1 else 'do'} not ({failures})")
+    if unsure:
+        tally.append(f"{len(unsure)} {'is' if len(unsure) == 1 else 'are'} inconclusive ({', '.join(unsure)})")
     if missing:
         tally.append(f"{len(missing)} lack data ({', '.join(missing)})")
     return Paragraph(
@@ -150,7 +161,13 @@ TOLERANCE_TEXT = (
     f"within a factor {TOLERANCES['best_lr']:g}. Where the data says a claim fails, the verdict "
     "says by how much. For the two equilibrium ratios the prediction column also says what the lr "
     "schedule alone would do to them on the window (the quasi-static lag δ = τ·d ln η/dt of a norm "
-    "trailing its target, at constant scale-free gradient norm G); it is context, not the target."
+    "trailing its target, at constant scale-free gradient norm G); it is context, not the target. "
+    f"Every verdict reads its statistic's interval, the estimate ± {Z:g} standard errors "
+    "(`normwatch.report.uncertainty`): a test accuracy's binomial error √(p(1−p)/n) from the test-set size n, "
+    "the spread over seeds where there are several, the spread over layers of a median over layers "
+    "(√(π/2)·s/√L). A claim **holds** when the whole interval lies within the tolerance, **does not hold** "
+    "when it lies wholly outside, and is **inconclusive** when it straddles an edge: the data cannot decide. "
+    "The measured column shows the interval; one layer, or an unknown test-set size, gives none."
 )
 
 
@@ -214,18 +231,58 @@ def _figure_blocks(figures: list[FigureResult]) -> list[Block]:
     return blocks
 
 
+#: A further table of verdicts: (file stem, heading, paragraph, rows).
+Section = tuple[str, str, str, list[Verdict]]
+
+EQUILIBRIUM_TEXT = (
+    "The two equilibrium claims asked of every run that logged what they need, whatever its optimizer: its "
+    "mean rotation per step against normwatch's `angle_theory` for its optimizer, and Σgrowth/Σshrink, each "
+    "over the window that the optimizer's own relaxation time gives (see the Equilibrium window section). "
+    "`normwatch.report.equilibrium.angle_verdict` judges one run."
+)
+
+
+EXPERIMENTS_TEXT = (
+    "The demo's eqinit, large-batch and smooth parts (`normwatch.report.experiments`). Each row compares two "
+    "groups of runs (one run per seed) and reads the difference's interval, the estimate ± "
+    f"{Z:g} standard errors: **holds** when it lies above 0, **does not hold** when below, **inconclusive** "
+    "when it contains 0. A test accuracy's error is binomial on the logged test-set size, and the mean over "
+    "seeds is floored by it; steps to equilibrium use the spread over seeds alone."
+)
+
+
+def sections(analysis: Analysis) -> list[Section]:
+    """The verdict tables after the seed's claims (empty ones left out)."""
+    out: list[Section] = [
+        ("equilibrium", "Equilibrium of every run", EQUILIBRIUM_TEXT, equilibrium_verdicts(analysis)),
+        ("experiments", "Equilibrium init, large batches, smoothed LARS", EXPERIMENTS_TEXT,
+         experiment_verdicts(analysis)),
+    ]
+    return [section for section in out if section[3]]
+
+
+def _section_blocks(extra: list[Section]) -> list[Block]:
+    blocks: list[Block] = []
+    for _, heading, text, rows in extra:
+        blocks += [Heading(2, heading), Paragraph(text), _verdict_table(rows)]
+    return blocks
+
+
 def _blocks(
-    analysis: Analysis, figures: list[FigureResult], verdicts: list[Verdict], skipped: list[Run]
+    analysis: Analysis, figures: list[FigureResult], verdicts: list[Verdict], skipped: list[Run],
+    extra: list[Section] | None = None,
 ) -> list[Block]:
-    """The report: the summary and the verdicts first, then the runs, the windows, the figures."""
+    """The report: the summary and the verdicts first, then the further verdict tables, the runs, the windows,
+    the figures; an LM study's own document instead."""
     if is_lm_study(analysis.runs):
-        return lm_blocks(analysis, figures, verdicts)
+        return lm_blocks(analysis, figures, verdicts) + _section_blocks(extra or [])
     blocks: list[Block] = [
         Heading(1, "normwatch report"),
         _summary(analysis, verdicts),
         Heading(2, "Verdicts on the seed's claims"),
         _verdict_table(verdicts),
         Paragraph(TOLERANCE_TEXT),
+        *_section_blocks(extra or []),
         *_runs_blocks(analysis, skipped),
         Heading(2, "Equilibrium window"),
         Paragraph(WINDOW_TEXT),
@@ -276,7 +333,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
 
     Returns:
         The path of ``report.md``. Next to it: ``report.html`` (self-contained), ``figNN.png``
-        for each figure drawn and ``verdicts.json`` (the table as data).
+        for each figure drawn, ``verdicts.json`` (the table as data) and one JSON file per further table
+        (``equilibrium.json``: :func:`~normwatch.report.equilibrium.equilibrium_verdicts`).
 
     Raises:
         ImportError: matplotlib is not installed (the message says how to install it).
@@ -309,11 +367,16 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
         stale.unlink()
     figures = render_figures(analysis, out_dir)
     verdicts = evaluate(analysis)
-    blocks = _blocks(analysis, figures, verdicts, skipped)
+    extra = sections(analysis)
+    blocks = _blocks(analysis, figures, verdicts, skipped, extra)
     md_path = out_dir / "report.md"
     md_path.write_text(to_markdown(blocks), encoding="utf-8")
     (out_dir / "report.html").write_text(to_html(blocks, "normwatch report"), encoding="utf-8")
     (out_dir / "verdicts.json").write_text(
         json.dumps([v.to_dict() for v in verdicts], indent=2, ensure_ascii=False), encoding="utf-8"
     )
+    for stem, _, _, rows in extra:
+        (out_dir / f"{stem}.json").write_text(
+            json.dumps([v.to_dict() for v in rows], indent=2, ensure_ascii=False), encoding="utf-8"
+        )
     return md_path

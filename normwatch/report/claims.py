@@ -38,16 +38,26 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from normwatch import theory
 from normwatch.report.analysis import Analysis
 from normwatch.report.runs import Run, Series, align
 from normwatch.report.stats import rms, seed_lars_prediction
+from normwatch.report.uncertainty import (
+    Interval,
+    Outcome,
+    Z,
+    accuracy_interval,
+    clearly_apart,
+    difference,
+    judge_at_most,
+    judge_near,
+    layer_interval,
+)
 from normwatch.report.window import Window
-
-Outcome = Literal["holds", "does not hold", "no data"]
 
 #: Tolerances, fixed before looking at any study's numbers. ``cos_wg``: the largest mean
 #: |cos(w, g)| still called orthogonal (a random direction in a 576-element conv filter bank
@@ -56,7 +66,8 @@ Outcome = Literal["holds", "does not hold", "no data"]
 #: ``lars``: RMS ratio within ±15 % (the seed itself notes a larger discrepancy with momentum).
 #: ``autocorr``: |mean cos(g_t, v_{t−1})| ≤ 0.1. ``lars_acc``: final accuracies within one
 #: percentage point. ``lars_angle``: rotation ratio within ±15 %. ``best_lr``: best peak lrs
-#: within a factor 2 of each other (one step of a doubling grid).
+#: within a factor 2 of each other (one step of a doubling grid). ``angle``: a run's mean rotation per step
+#: within ±15 % of its optimizer's theory (:mod:`normwatch.report.equilibrium`; as ``lars_angle``).
 TOLERANCES: dict[str, float] = {
     "cos_wg": 0.01,
     "balance": 0.10,
@@ -65,6 +76,7 @@ TOLERANCES: dict[str, float] = {
     "lars_acc": 0.01,
     "lars_angle": 0.15,
     "best_lr": 2.0,
+    "angle": 0.15,
 }
 
 
@@ -80,11 +92,15 @@ class Verdict:
         prediction: the predicted value, with its formula.
         measured: the measured value with its spread over layers (``"—"`` with no data).
         tolerance: the tolerance used.
-        outcome: ``"holds"``, ``"does not hold"`` or ``"no data"``.
-        detail: by how much the prediction is missed, or which run would be needed.
+        outcome: ``"holds"``, ``"does not hold"``, ``"inconclusive"`` (the interval straddles the
+            tolerance: the data cannot decide) or ``"no data"``.
+        detail: by how much the prediction is missed, why it is inconclusive, or which run would be needed.
         value: the headline number (the median over layers), ``None`` with no data.
         expected: the predicted value of ``value`` (``None`` with no data).
         per_layer: the per-layer statistic.
+        low: the lower end of ``value``'s interval (:mod:`normwatch.report.uncertainty`), ``None`` with no data.
+        high: its upper end.
+        se: ``value``'s standard error, ``None`` where none could be estimated.
     """
 
     claim: str
@@ -99,6 +115,9 @@ class Verdict:
     value: float | None = None
     expected: float | None = None
     per_layer: dict[str, float] = field(default_factory=dict)
+    low: float | None = None
+    high: float | None = None
+    se: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -113,16 +132,23 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _measured(per_layer: dict[str, float], ok: Callable[[str, float], bool]) -> tuple[float, str]:
+def _measured(per_layer: dict[str, float], ok: Callable[[str, float], bool]) -> tuple[Interval, str]:
+    """The median over layers with its interval (:func:`~normwatch.report.uncertainty.layer_interval`)
+    and the measured column's text."""
     values = np.array(list(per_layer.values()))
-    med = float(np.median(values))
+    interval = layer_interval(values)
     if len(values) == 1:
-        return med, f"{_fmt(med)} ({next(iter(per_layer))})"
+        return interval, f"{_fmt(interval.value)} ({next(iter(per_layer))})"
     inside = sum(ok(layer, v) for layer, v in per_layer.items())
-    return med, (
-        f"{_fmt(med)} (median of {len(values)} layers; range {_fmt(values.min())}–{_fmt(values.max())}; "
+    return interval, (
+        f"{interval.text()} (median of {len(values)} layers; range {_fmt(values.min())}–{_fmt(values.max())}; "
         f"{inside}/{len(values)} within tolerance)"
     )
+
+
+def _straddles(interval: Interval, lo: float, hi: float) -> str:
+    return (f"the interval [{_fmt(interval.low)}, {_fmt(interval.high)}] straddles an edge of "
+            f"[{_fmt(lo)}, {_fmt(hi)}]: the data cannot decide")
 
 
 def _windows_text(analysis: Analysis, run: Run, layers: list[str]) -> str:
@@ -148,11 +174,21 @@ def _ratio_detail(value: float, target: float) -> str:
 
 
 def _judged(claim: str, statistic: str, run: str, window: str, prediction: str, measured: str, tolerance: str,
-            ok: bool, detail: str, value: float, expected: float,
+            outcome: Outcome, detail: str, interval: Interval, expected: float,
             per_layer: dict[str, float] | None = None) -> Verdict:
-    """A verdict with data: ``ok`` decides between "holds" and "does not hold"."""
-    return Verdict(claim, statistic, run, window, prediction, measured, tolerance,
-                   "holds" if ok else "does not hold", detail, value, expected, per_layer or {})
+    """A verdict with data, its outcome read from ``interval`` by the caller."""
+    return Verdict(claim, statistic, run, window, prediction, measured, tolerance, outcome, detail,
+                   interval.value, expected, per_layer or {}, interval.low, interval.high, interval.se)
+
+
+def _near(claim: str, statistic: str, run: str, window: str, prediction: str, measured: str, tolerance: str,
+          interval: Interval, target: float, tol: float, miss: str,
+          per_layer: dict[str, float] | None = None) -> Verdict:
+    """A verdict for "value ≈ target within ±tol" read from ``interval``; ``miss`` is the detail of a failure."""
+    outcome = judge_near(interval, target, tol)
+    detail = {"holds": "", "does not hold": miss}.get(outcome) or _straddles(interval, target - tol, target + tol)
+    return _judged(claim, statistic, run, window, prediction, measured, tolerance, outcome, detail, interval,
+                   target, per_layer)
 
 
 # ---------------------------------------------------------------------------------- claims
@@ -170,10 +206,11 @@ def claim_orthogonal(analysis: Analysis) -> Verdict:
         for layer in run.layers_with("cos_wg")
         if (s := run.series("cos_wg", layer)) is not None
     }
-    value, measured = _measured(per_layer, lambda _, v: v <= tol)
-    ok = value <= tol
-    detail = "" if ok else f"{value / tol:.1f}× the tolerance"
-    return _judged(claim, stat, run.name, "all logged steps", pred, measured, tol_s, ok, detail, value, 0.0, per_layer)
+    interval, measured = _measured(per_layer, lambda _, v: v <= tol)
+    outcome = judge_at_most(interval, tol)
+    detail = {"holds": "", "does not hold": f"{interval.value / tol:.1f}× the tolerance"}.get(outcome)
+    return _judged(claim, stat, run.name, "all logged steps", pred, measured, tol_s, outcome,
+                   _straddles(interval, 0.0, tol) if detail is None else detail, interval, 0.0, per_layer)
 
 
 def _windowed_per_layer(
@@ -217,18 +254,22 @@ def _ratio_verdict(
 ) -> Verdict:
     """Verdict for a ratio predicted to be 1; ``drifted`` is the lr-drift estimate shown as context."""
     tol = TOLERANCES[tolerance]
-    value, measured = _measured(per_layer, lambda _, v: abs(v - 1) <= tol)
-    ok = abs(value - 1) <= tol
-    return _judged(claim, stat, run.name, _windows_text(analysis, run, list(per_layer)),
-                   _drift_text(float(np.median(list(drifted.values())))) + prediction_suffix, measured, f"±{tol:.0%}",
-                   ok, "" if ok else _ratio_detail(value, 1.0), value, 1.0, per_layer)
+    interval, measured = _measured(per_layer, lambda _, v: abs(v - 1) <= tol)
+    return _near(claim, stat, run.name, _windows_text(analysis, run, list(per_layer)),
+                 _drift_text(float(np.median(list(drifted.values())))) + prediction_suffix, measured, f"±{tol:.0%}",
+                 interval, 1.0, tol, _ratio_detail(interval.value, 1.0), per_layer)
 
 
 def claim_balance(analysis: Analysis) -> Verdict:
-    """shrink ≈ growth in equilibrium: median over layers of Σgrowth/Σshrink in the window."""
+    """shrink ≈ growth in equilibrium, on the primary run (:func:`balance_verdict`)."""
+    return balance_verdict(analysis, analysis.roles.primary)
+
+
+def balance_verdict(analysis: Analysis, run: Run | None) -> Verdict:
+    """shrink ≈ growth in equilibrium for one run of any optimizer whose split normwatch logged: median over
+    layers of Σgrowth/Σshrink over each layer's window (the run's family's own relaxation time)."""
     claim, stat = "shrink ≈ growth in equilibrium", "Σ growth / Σ shrink over the window"
     pred, tol_s = "1", f"±{TOLERANCES['balance']:.0%}"
-    run = analysis.roles.primary
     if run is None:
         return _no_data(claim, stat, pred, tol_s, "no run with normwatch scalars")
     layers = run.layers_with("shrink", "growth")
@@ -338,22 +379,28 @@ def claim_autocorr(analysis: Analysis) -> Verdict:
         # No equilibrium window (e.g. no weight decay): orthogonality is still testable.
         per_layer = {layer: float(np.mean(s.values)) for layer in layers if (s := run.series("grad_autocorr", layer))}
         window = "all logged steps (" + _empty_window_reason(analysis, run, layers) + ")"
-    value, measured = _measured(per_layer, lambda _, v: abs(v) <= tol)
-    ok = abs(value) <= tol
-    detail = "" if ok else f"{abs(value) - tol:.2g} beyond the tolerance"
-    return _judged(claim, stat, run.name, window, pred, measured, tol_s, ok, detail, value, 0.0, per_layer)
+    interval, measured = _measured(per_layer, lambda _, v: abs(v) <= tol)
+    return _near(claim, stat, run.name, window, pred, measured, tol_s, interval, 0.0, tol,
+                 f"{abs(interval.value) - tol:.2g} beyond the tolerance", per_layer)
 
 
 def _lars_pair(analysis: Analysis) -> tuple[Run, Run] | str:
+    """The LARS run and the SGD run to compare it with: the closest momentum, then the same momentum form
+    (Nesterov or heavy ball) where both exist."""
     roles = analysis.roles
     if roles.lars is None:
         return "needs a LARS run (the demo's runs/<study>/lars)"
     refs = [r for r in (roles.sgdm, roles.sgd) if r is not None]
     if not refs:
         return "needs an SGD run to compare the LARS run with"
-    mu = roles.lars.momentum or 0.0
-    ref = min(refs, key=lambda r: abs((r.momentum or 0.0) - mu))
-    return roles.lars, ref
+    lars = roles.lars
+    mu = lars.momentum or 0.0
+    ref = min(refs, key=lambda r: (abs((r.momentum or 0.0) - mu), r.nesterov != lars.nesterov))
+    return lars, ref
+
+
+def _form(run: Run) -> str:
+    return "Nesterov" if run.nesterov and (run.momentum or 0) > 0 else "heavy ball"
 
 
 def _lars_prescription(lars: Run, ref: Run) -> str:
@@ -362,40 +409,75 @@ def _lars_prescription(lars: Run, ref: Run) -> str:
     used = [float(np.max(s.values)) for layer in lars.layers if (s := lars.series("lr", layer)) is not None]
     peak = float(np.median(used)) if used else lars.peak_lr
     text = f"η_LARS = {_fmt(peak)} at its peak" if peak is not None else "η_LARS unknown"
-    layers = ref.layers
-    hyper = ref.hyper(layers[0]) if layers else None
+    hyper = _peak_hyper(ref)
     if hyper is not None:
-        lr, wd, mom = hyper
-        i = int(np.argmax(lr.values))
-        seed = float(seed_lars_prediction(lr.values[i], wd.values[i], mom.values[i]))
+        seed = float(seed_lars_prediction(*hyper))
         text += f"; the seed's √(2ηλ(1−μ)) from {ref.name} = {_fmt(seed)}"
     return text
 
 
+def _peak_hyper(run: Run) -> tuple[float, float, float] | None:
+    """(η, λ, μ) of the run's first invariant layer at its peak lr, or None."""
+    layers = run.layers
+    hyper = run.hyper(layers[0]) if layers else None
+    if hyper is None:
+        return None
+    lr, wd, mom = hyper
+    i = int(np.argmax(lr.values))
+    return float(lr.values[i]), float(wd.values[i]), float(mom.values[i])
+
+
+def variant_factor(lars: Run, ref: Run) -> float:
+    r"""The rotation per step that theory expects of the LARS run over that of the SGD run, from their
+    momentum forms alone: :math:`\theta_{SGD}(\eta,\lambda,\mu;\ \text{LARS's form}) /
+    \theta_{SGD}(\eta,\lambda,\mu;\ \text{SGD's form})` at the SGD run's peak hyperparameters
+    (:func:`normwatch.theory.sgd_angle`; LARS in equilibrium takes the steps of SGD of its own form).
+    1 when the forms match; heavy ball over Nesterov is ≈ 0.86 at μ = 0.9.
+    """
+    hyper = _peak_hyper(ref)
+    if hyper is None or lars.nesterov == ref.nesterov or hyper[2] == 0:
+        return 1.0
+    try:
+        own = theory.sgd_angle(*hyper, nesterov=lars.nesterov)
+        other = theory.sgd_angle(*hyper, nesterov=ref.nesterov)
+    except ValueError:
+        return 1.0
+    return own / other
+
+
+def _fraction(acc: float, percent: bool) -> float:
+    return acc / 100.0 if percent else acc
+
+
 def claim_lars_accuracy(analysis: Analysis) -> Verdict:
-    """LARS trains like SGD (accuracy): final test accuracy, LARS − SGD."""
+    """LARS trains like SGD (accuracy): final test accuracy, LARS − SGD, with the binomial interval of the
+    difference (:mod:`normwatch.report.uncertainty`)."""
     claim = "LARS with η_LARS = √(2ηλ(1−μ)) trains like SGD: accuracy"
     stat, tol = "final test/acc, LARS − SGD", TOLERANCES["lars_acc"]
+    tol_s = "±1 percentage point"
     pair = _lars_pair(analysis)
     if isinstance(pair, str):
-        return _no_data(claim, stat, "0", "±1 percentage point", pair)
+        return _no_data(claim, stat, "0", tol_s, pair)
     lars, ref = pair
     a_lars, a_ref = lars.final_test_acc, ref.final_test_acc
     runs = f"{lars.name} vs {ref.name}"
     pred = "0 (" + _lars_prescription(lars, ref) + ")"
+    if lars.nesterov != ref.nesterov:
+        pred += f"; not like with like: {lars.name} has {_form(lars)} momentum, {ref.name} {_form(ref)}"
     if a_lars is None or a_ref is None:
         missing = lars.name if a_lars is None else ref.name
-        return _no_data(claim, stat, pred, "±1 percentage point", f"run {missing} logged no test/acc", runs)
-    scale = 1.0 if max(a_lars, a_ref) <= 1.0 else 100.0  # fractions or percent
-    diff = a_lars - a_ref
-    ok = abs(diff) <= tol * scale
-    measured = f"{diff:+.3g} ({_fmt(a_lars)} vs {_fmt(a_ref)})"
-    detail = "" if ok else f"{abs(diff) / scale * 100:.2g} percentage points apart"
-    return _judged(claim, stat, runs, "final logged step", pred, measured, "±1 percentage point", ok, detail, diff, 0.0)
+        return _no_data(claim, stat, pred, tol_s, f"run {missing} logged no test/acc", runs)
+    percent = max(a_lars, a_ref) > 1.0
+    diff = difference(accuracy_interval([_fraction(a_lars, percent)], lars.test_images),
+                      accuracy_interval([_fraction(a_ref, percent)], ref.test_images))
+    measured = f"{diff.text()} ({_fmt(_fraction(a_lars, percent))} vs {_fmt(_fraction(a_ref, percent))})"
+    return _near(claim, stat, runs, "final logged step", pred, measured, tol_s, diff, 0.0, tol,
+                 f"{abs(diff.value) * 100:.2g} percentage points apart")
 
 
 def claim_lars_dynamics(analysis: Analysis) -> Verdict:
-    """LARS trains like SGD (dynamics): rotation per step, LARS ÷ SGD, over the SGD run's window."""
+    """LARS trains like SGD (dynamics): rotation per step, LARS ÷ SGD, over the SGD run's window; the
+    prediction is :func:`variant_factor` (1 for matching momentum forms)."""
     claim = "LARS with η_LARS = √(2ηλ(1−μ)) trains like SGD: dynamics"
     stat = "mean rotation per step (angle) over the SGD run's window, LARS ÷ SGD"
     tol = TOLERANCES["lars_angle"]
@@ -405,7 +487,12 @@ def claim_lars_dynamics(analysis: Analysis) -> Verdict:
         return _no_data(claim, stat, "1", tol_s, pair)
     lars, ref = pair
     runs = f"{lars.name} vs {ref.name}"
-    pred = "1 (" + _lars_prescription(lars, ref) + ")"
+    factor = variant_factor(lars, ref)
+    pred = f"{_fmt(factor)} (" + _lars_prescription(lars, ref)
+    if lars.nesterov != ref.nesterov:
+        pred += (f"; {_form(lars)} LARS vs {_form(ref)} SGD: theory's θ ratio of the two momentum forms, "
+                 f"normwatch.theory.sgd_angle")
+    pred += ")"
     layers = [layer for layer in ref.layers_with("angle") if lars.series("angle", layer) is not None]
     if not layers:
         return _no_data(claim, stat, pred, tol_s, "the two runs share no layer that logged angle", runs)
@@ -421,10 +508,10 @@ def claim_lars_dynamics(analysis: Analysis) -> Verdict:
     per_layer = _windowed_per_layer(analysis, ref, layers, ratio)
     if not per_layer:
         return _no_data(claim, stat, pred, tol_s, _empty_window_reason(analysis, ref, layers), runs)
-    value, measured = _measured(per_layer, lambda _, v: abs(v - 1) <= tol)
-    ok = abs(value - 1) <= tol
-    return _judged(claim, stat, runs, _windows_text(analysis, ref, list(per_layer)) + f" of {ref.name}", pred, measured,
-                   tol_s, ok, "" if ok else _ratio_detail(value, 1.0), value, 1.0, per_layer)
+    interval, measured = _measured(per_layer, lambda _, v: abs(v / factor - 1) <= tol)
+    return _near(claim, stat, runs, _windows_text(analysis, ref, list(per_layer)) + f" of {ref.name}", pred,
+                 measured, tol_s + " of the prediction", interval, factor, tol * factor,
+                 _ratio_detail(interval.value, factor), per_layer)
 
 
 def sweep_table(runs: list[Run]) -> dict[str, dict[float, list[float]]]:
@@ -441,8 +528,25 @@ def best_lrs(table: dict[str, dict[float, list[float]]]) -> dict[str, float]:
     return {arch: max(per_lr, key=lambda lr: float(np.mean(per_lr[lr]))) for arch, per_lr in table.items()}
 
 
+def candidate_best_lrs(table: dict[str, dict[float, list[float]]], test_images: int | None) -> dict[str, list[float]]:
+    """Per architecture, the peak lrs whose mean accuracy is not clearly below the best one's: the best lr
+    and every lr whose difference from it lies within Z standard errors
+    (:func:`~normwatch.report.uncertainty.clearly_apart`, seeds' spread and binomial error on
+    ``test_images``)."""
+    out: dict[str, list[float]] = {}
+    for arch, per_lr in table.items():
+        intervals = {lr: accuracy_interval(accs, test_images) for lr, accs in per_lr.items()}
+        best = max(intervals, key=lambda lr: intervals[lr].value)
+        out[arch] = sorted(lr for lr, iv in intervals.items() if lr == best or not clearly_apart(intervals[best], iv))
+    return out
+
+
 def claim_best_lr(analysis: Analysis) -> Verdict:
-    """The best peak lr is about the same across architectures: largest ÷ smallest best lr."""
+    """The best peak lr is about the same across architectures: largest ÷ smallest best lr, noise-aware.
+
+    holds: every candidate best lr of every architecture (:func:`candidate_best_lrs`) lies within the
+    factor; does not hold: two architectures' candidate sets are further apart than the factor;
+    inconclusive otherwise (the accuracies at the candidates are within noise)."""
     claim = "the best peak learning rate is about the same across architectures"
     stat = "best peak lr per architecture (mean test accuracy over seeds), largest ÷ smallest"
     tol = TOLERANCES["best_lr"]
@@ -466,13 +570,30 @@ def claim_best_lr(analysis: Analysis) -> Verdict:
             "needs a sweep over at least 2 architectures with at least 2 peak lrs each",
             f"{len(sweep)} sweep runs",
         )
+    sizes = {r.test_images for r in sweep if r.test_images}
+    n = min(sizes) if sizes else None
+    if any(acc > 1.0 for per_lr in table.values() for accs in per_lr.values() for acc in accs):
+        table = {a: {lr: [x / 100.0 for x in accs] for lr, accs in t.items()} for a, t in table.items()}
     best = best_lrs(table)
+    cands = candidate_best_lrs(table, n)
     value = max(best.values()) / min(best.values())
-    ok = value <= tol
+    widest = max(max(c) for c in cands.values()) / min(min(c) for c in cands.values())
+    closest = max(min(c) for c in cands.values()) / min(max(c) for c in cands.values())
+    outcome: Outcome = "holds" if widest <= tol else "does not hold" if closest > tol else "inconclusive"
     measured = f"{_fmt(value)} (" + ", ".join(f"{a}: {_fmt(lr)}" for a, lr in sorted(best.items())) + ")"
-    detail = "" if ok else f"best lrs differ by {_fmt(value)}×"
-    return _judged(claim, stat, f"{len(sweep)} sweep runs", "final logged step", "1", measured, tol_s, ok, detail,
-                   value, 1.0, best)
+    if any(len(c) > 1 for c in cands.values()):
+        measured += "; within noise of the best: " + ", ".join(
+            f"{a}: {'/'.join(_fmt(x) for x in c)}" for a, c in sorted(cands.items()))
+    noise = f"seeds' spread and binomial error on n = {n}" if n else "seeds' spread (test-set size unknown)"
+    details = {
+        "holds": "",
+        "does not hold": f"best lrs differ by {_fmt(value)}×"
+        + (f" (at least {_fmt(closest)}× within noise)" if closest < value else ""),
+        "inconclusive": (f"best lrs differ by {_fmt(value)}×, but accuracies within noise ({noise}, ±{Z:g} SE) "
+                         f"of each best span {_fmt(closest)}–{_fmt(widest)}×"),
+    }
+    return Verdict(claim, stat, f"{len(sweep)} sweep runs", "final logged step", "1", measured, tol_s, outcome,
+                   details[outcome], value, 1.0, best, closest, widest, None)
 
 
 def evaluate(analysis: Analysis) -> list[Verdict]:

@@ -97,6 +97,7 @@ th { background: #f3f3f3; }
 blockquote { margin: 0.5rem 0; padding: 0.3rem 0.8rem; border-left: 4px solid #d9a400; background: #fffbea; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
 td.holds { background: #e6f4e6; } td.fails { background: #fbe4e4; } td.nodata { background: #f0f0f0; }
+td.unsure { background: #fff4d6; }
 """
 
 
@@ -105,6 +106,8 @@ def _cell_class(text: str) -> str:
         return ' class="holds"'
     if "does not hold" in text:
         return ' class="fails"'
+    if text.startswith("inconclusive"):
+        return ' class="unsure"'
     if text.startswith("no data"):
         return ' class="nodata"'
     return ""

@@ -15,6 +15,8 @@ from normwatch.report.runs import Run
 
 #: Families whose update normwatch treats with the SGD rules (unknown: no config was logged).
 SGD_LIKE = ("sgd", "unknown")
+#: The demo's parts beyond the seed's study (issue 17): their runs take a seed role only when no other run fits.
+EXPERIMENT_PARTS = ("eqinit", "large-batch", "smooth")
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,10 @@ class Roles:
     sweep: list[Run] = field(default_factory=list)
 
 
-def _rank(run: Run) -> tuple[int, int, str]:
-    # Non-sweep runs first, then runs whose family normwatch knew, then by name.
-    return (run.part == "sweep", run.family == "unknown", run.name)
+def _rank(run: Run) -> tuple[int, int, int, str]:
+    # The seed's runs first (not the sweep's, nor issue 17's parts'), then runs whose family normwatch knew, then
+    # by name.
+    return (run.part == "sweep", run.part in EXPERIMENT_PARTS, run.family == "unknown", run.name)
 
 
 def pick_roles(runs: Sequence[Run]) -> Roles:

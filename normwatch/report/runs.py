@@ -9,7 +9,8 @@ final accuracy, are what the report needs; everything else refines what it can s
 
 Events are read with tensorboard's own :class:`EventAccumulator` (no TensorFlow), keeping every
 event (``size_guidance`` 0) and never purging: when a step appears twice (a resumed run) the
-value written last wins.
+value written last wins. A ``curves.json`` next to them (the demo's eqinit, large-batch and smooth runs)
+adds its scalars and texts.
 """
 
 from __future__ import annotations
@@ -194,6 +195,18 @@ class Run:
         return _as_float(self.demo.get("momentum"), None)
 
     @property
+    def nesterov(self) -> bool:
+        """Nesterov momentum: normwatch's config (its first param group), else the demo's config."""
+        value = (self.config or {}).get("nesterov", self.demo.get("nesterov", False))
+        return bool(value)
+
+    @property
+    def test_images(self) -> int | None:
+        """The test-set size behind ``test/acc`` (the demo's ``test_images``), ``None`` if not recorded."""
+        value = _as_float(self.demo.get("test_images", self.result.get("test_images")), None)
+        return int(value) if value is not None and value > 0 else None
+
+    @property
     def part(self) -> str | None:
         """The demo's ``part`` ("sgdm", "sgd", "lars", "sweep"), if known."""
         part = self.demo.get("part")
@@ -368,6 +381,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
             if strings:
                 texts[tag] = strings[0].decode("utf-8", errors="replace")
 
+    _add_curves(path, raw, texts)
     run = Run(path=path, name=name or path.name)
     for tag, series in raw.items():
         parts = tag.split("/", 2)
@@ -381,6 +395,17 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     run.demo.update(_parse_json_text(texts.get(DEMO_CONFIG_TAG, "")) or {})
     run.result = _read_json(path / "result.json")
     return run
+
+
+def _add_curves(path: Path, raw: dict[str, Series], texts: dict[str, str]) -> None:
+    """Scalars and texts from ``curves.json`` (the demo's issue-17 parts keep normwatch's curves there, out of
+    TensorBoard): ``{"scalars": {tag: [steps, values]}, "texts": {tag: text}}``; event files win a clash."""
+    curves = _read_json(path / "curves.json")
+    for tag, pair in (curves.get("scalars") or {}).items():
+        if isinstance(pair, list) and len(pair) == 2 and tag not in raw:
+            raw[tag] = make_series(pair[0], pair[1])
+    for tag, text in (curves.get("texts") or {}).items():
+        texts.setdefault(f"{tag}/text_summary", str(text))
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:

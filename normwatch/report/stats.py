@@ -10,6 +10,7 @@ verdicts and the figures compute each quantity once, here.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -85,6 +86,10 @@ def _each(formula: Callable[..., float], *args: ArrayLike, fallback: float = np.
     return out[np.ravel(inverse)].reshape(arrays[0].shape)
 
 
+#: Families whose weight decay is decoupled (w ← (1 − ηλ)w − ηU): |w|² relaxes towards a target ∝ η/λ.
+DECOUPLED = ("adamw", "nadamw", "radamw", "muon", "decoupled")
+
+
 def relaxation_time(
     lr: ArrayLike,
     weight_decay: ArrayLike,
@@ -92,44 +97,51 @@ def relaxation_time(
     dampening: float = 0.0,
     family: str = "sgd",
 ) -> FloatArray:
-    r"""Relaxation time of the weight norm towards its equilibrium, in optimizer steps, per step.
+    r"""Relaxation time of the weight norm towards its equilibrium, in optimizer steps, per step:
+    :func:`normwatch.theory.relaxation_steps` for the run's family on each step's η, λ, μ.
 
-    .. math:: \tau = \frac{1-\mu}{4\,\eta(1-\tau_d)\,\lambda}
+    .. math:: \tau = \frac{1-\mu}{4\,\eta(1-\tau_d)\,\lambda}\ (\text{SGD, of } |w|^4), \qquad
+        \frac{1}{2\eta\lambda}\ (\text{AdamW, Muon, other decoupled, of } |w|^2), \qquad
+        \Big(\frac{1-\mu}{\eta}\Big)^2\ (\text{LARS, of } |w|^2)
 
-    for the SGD family (theory.md §3: the mean-field equation :math:`d|w|^4/dt = -4\eta_e\lambda
-    |w|^4 + 2\eta_e^2G^2` with :math:`\eta_e = \eta(1-\tau_d)/(1-\mu)` relaxes at rate
-    :math:`1/\tau`), and :math:`1/(2\eta\lambda)` for ``"adamw"`` (|w|² under decoupled decay).
-    The formulas live in :mod:`normwatch.theory` (``sgd_relaxation_steps``,
-    ``adamw_relaxation_steps``); this applies them step by step. Unknown families use the SGD form.
+    (theory.md §3; the SGD form is the mean-field equation :math:`d|w|^4/dt = -4\eta_e\lambda
+    |w|^4 + 2\eta_e^2G^2` with :math:`\eta_e = \eta(1-\tau_d)/(1-\mu)`). Unknown families use the SGD form.
 
-    ``"adam"`` (coupled L2 decay) gets NaN: its steps have size η/RMS(g), so the shrink term
-    :math:`2\eta\lambda|w|^2/\mathrm{RMS}(g) \propto |w|^3` and |w|² relaxes in
-    :math:`\approx \sigma^*/(3\eta\lambda)` steps, with :math:`\sigma^*` the equilibrium gradient RMS
-    (pure-noise toy, derived here; simulated 25–60× faster than :math:`1/(2\eta\lambda)` in
-    tests/test_theory.py), which the hyperparameters do not fix.
+    Coupled adaptive families (``"adam"``, ``"nadam"``, ``"radam"``, ``"rmsprop"``) get NaN: their steps
+    have size η/RMS(g), so the shrink term :math:`2\eta\lambda|w|^2/\mathrm{RMS}(g) \propto |w|^3` and |w|²
+    relaxes in :math:`\approx \sigma^*/(3\eta\lambda)` steps, with :math:`\sigma^*` the equilibrium gradient
+    RMS (simulated 25–60× faster than :math:`1/(2\eta\lambda)` in tests/test_theory.py), which the
+    hyperparameters do not fix. So do families without a formula.
 
     Args:
         lr: learning rate η per step.
         weight_decay: weight decay λ per step.
-        momentum: momentum μ per step (0 for plain SGD).
+        momentum: momentum μ per step (0 for plain SGD; β₁ for Adam-type optimizers, which it does not use).
         dampening: SGD dampening τ_d.
         family: normwatch's optimizer family.
 
     Returns:
-        τ per step; ``inf`` where ηλ = 0 (no equilibrium) or the hyperparameters admit none; NaN
-        everywhere for ``"adam"``.
+        τ per step; ``inf`` where ηλ = 0 (no equilibrium) or the hyperparameters admit none; NaN where
+        the family has no formula.
 
     Example:
         >>> round(float(relaxation_time(0.4, 5e-4, 0.9)), 9)
         125.0
+        >>> round(float(relaxation_time(0.01, 5e-4, 0.9, family="lars")), 6)
+        100.0
     """
-    if family == "adam":
-        return np.full(np.broadcast(np.asarray(lr), np.asarray(weight_decay), np.asarray(momentum)).shape, np.nan)
-    if family == "adamw":
-        return _each(lambda e, la, _: theory.adamw_relaxation_steps(e, la), lr, weight_decay, momentum,
-                     fallback=np.inf)
-    return _each(lambda e, la, m: theory.sgd_relaxation_steps(e, la, m, dampening), lr, weight_decay, momentum,
-                 fallback=np.inf)
+    fam = "sgd" if family == "unknown" else family
+    if theory.relaxation_steps(fam, lr=0.1, weight_decay=0.1, momentum=0.5) is None:
+        shape = np.broadcast(np.asarray(lr), np.asarray(weight_decay), np.asarray(momentum)).shape
+        return np.full(shape, np.nan)
+
+    def tau(e: float, la: float, m: float) -> float:
+        if fam in DECOUPLED:
+            m = 0.0  # β₁ is no momentum of the norm's equation
+        value = theory.relaxation_steps(fam, lr=e, weight_decay=la, momentum=m, dampening=dampening)
+        return math.inf if value is None else value
+
+    return _each(tau, lr, weight_decay, momentum, fallback=np.inf)
 
 
 def seed_lars_prediction(

@@ -5,8 +5,9 @@ t, the relaxation time of |w|⁴ is
 
 .. math:: \tau_t = \frac{1-\mu_t}{4\,\eta_t\,\lambda_t} \text{ steps}
 
-(with dampening τ_d, η becomes η(1 − τ_d); AdamW uses 1/(2ηλ), and Adam with L2 decay has no
-window, its τ depending on the gradient RMS: see :func:`~normwatch.report.stats.relaxation_time`).
+(with dampening τ_d, η becomes η(1 − τ_d)); every other optimizer family uses its own relaxation time from
+:func:`normwatch.theory.relaxation_steps` (AdamW and Muon 1/(2ηλ), LARS ((1−μ)/η)²), and Adam with L2 decay
+has no window, its τ depending on the gradient RMS: see :func:`~normwatch.report.stats.relaxation_time`.
 
 1. **End of warm-up**, t_peak: the first logged step where η_t ≥ (1 − 10⁻⁴)·max η.
 2. **Start**, t_a: the first logged step t ≥ t_peak by which k = :data:`RELAXATION_TIMES`
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from normwatch.report.stats import relaxation_time
+from normwatch.report.stats import DECOUPLED, relaxation_time
 
 #: k: relaxation times that must accrue after warm-up before the window opens.
 RELAXATION_TIMES = 3.0
@@ -137,7 +138,7 @@ def schedule_drift(
     tau = relaxation_time(eta, lam, mu, dampening, family)
     with np.errstate(divide="ignore", invalid="ignore"):
         target = np.log(eta) - np.log(lam)
-        if family != "adamw":
+        if family not in DECOUPLED:
             target = target - np.log1p(-mu)
         target = np.where((eta > 0) & (lam > 0) & (mu < 1), target, np.nan)
         drift = np.gradient(target, t) if t.size >= 2 else np.full(t.shape, np.nan)
@@ -163,8 +164,10 @@ def equilibrium_window(
         weight_decay: λ at those steps.
         momentum: μ at those steps.
         dampening: SGD dampening τ_d (scales η in τ).
-        family: normwatch's optimizer family; ``"adamw"`` uses τ = 1/(2ηλ) and the target
-            |w*|² ∝ η/λ; ``"adam"`` (L2 decay) has no τ formula, so its window is empty.
+        family: normwatch's optimizer family, whose own relaxation time sets τ
+            (:func:`~normwatch.report.stats.relaxation_time`): decoupled families (AdamW, Muon, ...)
+            τ = 1/(2ηλ) with the target |w*|² ∝ η/λ; LARS ((1−μ)/η)²; ``"adam"`` (L2 decay) has no τ
+            formula, so its window is empty.
         k: relaxation times to wait after warm-up.
         margin: c in the tracking condition.
 
