@@ -35,20 +35,20 @@ plus result.json (written last: it marks a finished run, which a rerun skips). T
 step: normwatch's point at s is the optimizer step taken while global_step == s; the Trainer logs that step's
 loss, lr, gradient norm and weight decay at s + 1, once it has counted it; eval/loss at s is measured after s steps.
 
-Measured, cpu preset (the default without CUDA), OMP_NUM_THREADS=1, 2-core AMD EPYC VM shared with other jobs (load
-average 2.2-3.1), torch 2.13.0+cpu, transformers 5.25.0: the whole study, 18 runs (15 trained, 3 copies of the
-recipe's run) and the report, in 7 min 22 s of wall time, 6 min 40 s of CPU time; per part adamw 74 s, eta-lambda
-218 s, muon 42 s, l2 27 s, schedule 54 s. Final validation loss, in nats per character on the validation split's
-first 64 sequences: adamw olmo2 2.212, qwen3 2.038, llama 2.098; muon 1.911 against AdamW's 2.038; Adam+L2 3.169
-against 2.038; schedule (λ × 4) AdamW 2.169, AdamC 2.068. The gradient norm there (means over 25 steps): AdamW
-0.89 → 3.18 at step 208 → 2.79 at the end, AdamC 0.82 → 1.99 at step 188 → 1.73. The grid, rows λ, columns η
-(* where ηλ is the recipe's 0.01):
+Measured, cpu preset (the default without CUDA), from a fresh clone, OMP_NUM_THREADS=1, 2-core AMD EPYC VM shared
+with other jobs (load average about 2), torch 2.13.0+cpu, transformers 5.25.0: the whole study, 18 runs (15 trained,
+3 copies of the recipe's run) and the report, in 6 min 31 s of wall time; per part adamw 55 s, eta-lambda 184 s,
+muon 40 s, l2 25 s, schedule 47 s. Final validation loss, in nats per character on the validation split's first 64
+sequences: adamw olmo2 2.103, qwen3 2.061, llama 2.117; muon 1.939 against AdamW's 2.103; Adam+L2 3.309 against
+2.103; schedule (λ × 4) AdamW 2.264, AdamC 2.152. The gradient norm there (means over 25 steps): AdamW 1.13 → 2.50
+at step 214 → 1.90 at the end, AdamC 1.08 → 1.64 at step 135 → 1.29. The grid, rows λ, columns η (* where ηλ is
+the recipe's 0.01):
     λ / η   0.001    0.004    0.016
-    0.625   2.050    1.976    2.124*
-    2.5     2.072    2.038*   2.230
-    10      2.252*   2.242    2.495
-normwatch records Qwen3's q_proj and k_proj (4 layers) and nothing in OLMo2 or Llama; the report's verdicts are in
-the README ("The LM study"). Not run: the full preset on a GPU.
+    0.625   2.053    2.014    2.088*
+    2.5     2.095    2.103*   2.285
+    10      2.302*   2.396    2.816
+normwatch records 10 of OLMo2's matrices, Qwen3's q_proj and k_proj (4) and nothing in Llama; the report's verdicts
+are in the README ("The LM study"). Not run: the full preset on a GPU.
 """
 
 from __future__ import annotations
