@@ -104,7 +104,7 @@ def relaxation_time(
         \frac{1}{2\eta\lambda}\ (\text{AdamW, Muon, other decoupled, of } |w|^2), \qquad
         \Big(\frac{1-\mu}{\eta}\Big)^2\ (\text{LARS, of } |w|^2)
 
-    (theory.md §3; the SGD form is the mean-field equation :math:`d|w|^4/dt = -4\eta_e\lambda
+    (docs/theory.md, "Relaxation times"; the SGD form is the mean-field equation :math:`d|w|^4/dt = -4\eta_e\lambda
     |w|^4 + 2\eta_e^2G^2` with :math:`\eta_e = \eta(1-\tau_d)/(1-\mu)`). Unknown families use the SGD form.
 
     Coupled adaptive families (``"adam"``, ``"nadam"``, ``"radam"``, ``"rmsprop"``) get NaN: their steps
@@ -213,7 +213,7 @@ def norm_over_equilibrium(
     r"""|w|/|w*|: the distance of the weight norm from its SGD-family equilibrium |w*|, which is
     :func:`normwatch.theory.sgd_equilibrium_norm` on each step's η, λ, E[G²], μ.
 
-    .. math:: |w^*|^4 = \frac{\eta(1-\tau_d)\,E[G^2]}{2\lambda(1-\mu)}
+    .. math:: |w^*|^4 = \frac{\eta(1-\tau_d)\,E[G^2]}{2\lambda(1-\mu)}\,(1 + O(\eta\lambda))
 
     Args:
         w_norm2: |w|² per step.
@@ -227,8 +227,8 @@ def norm_over_equilibrium(
     Returns:
         |w|/|w*| per step; NaN where η, λ or E[G²] is not positive (no finite, non-zero |w*|).
 
-    Example:
-        >>> round(float(norm_over_equilibrium(1.0, 2 * 5e-4 * 0.1 / 0.4, 0.4, 5e-4, 0.9)), 12)
+    Example (E[G²] at the leading-order equilibrium of |w| = 1; the rest is O(ηλ) = 2e-4):
+        >>> round(float(norm_over_equilibrium(1.0, 2 * 5e-4 * 0.1 / 0.4, 0.4, 5e-4, 0.9)), 4)
         1.0
     """
     target = _each(lambda e, la, g2, m: theory.sgd_equilibrium_norm(e, la, g2, m, dampening),

@@ -1,6 +1,6 @@
 r"""The equilibrium window: the steps on which the seed's equilibrium claims are tested.
 
-Definition (theory.md §3). With η_t, λ_t, μ_t the logged lr, weight decay and momentum at step
+Definition (docs/theory.md, "Relaxation times"). With η_t, λ_t, μ_t the logged lr, weight decay and momentum at step
 t, the relaxation time of |w|⁴ is
 
 .. math:: \tau_t = \frac{1-\mu_t}{4\,\eta_t\,\lambda_t} \text{ steps}
