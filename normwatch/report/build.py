@@ -13,7 +13,7 @@ import numpy as np
 
 from normwatch.report.analysis import Analysis, analyse
 from normwatch.report.claims import TOLERANCES, Verdict, evaluate, sweep_table
-from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Table, to_html, to_markdown
+from normwatch.report.document import Block, Heading, Note, Paragraph, Table, to_html, to_markdown
 from normwatch.report.equilibrium import equilibrium_verdicts
 from normwatch.report.experiments import experiment_verdicts
 from normwatch.report.figures import FigureResult, render_figures
@@ -221,13 +221,7 @@ def _figure_blocks(figures: list[FigureResult]) -> list[Block]:
         ),
     ]
     for fig in figures:
-        blocks.append(Heading(3, f"Figure {fig.number}. {fig.title}"))
-        if fig.path is None:
-            blocks.append(Note(fig.note))
-            continue
-        blocks += [Image(fig.path, f"Figure {fig.number}"), Paragraph(fig.caption)]
-        if fig.note:
-            blocks.append(Note(fig.note))
+        blocks += fig.blocks()
     return blocks
 
 

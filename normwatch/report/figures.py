@@ -23,6 +23,7 @@ import numpy as np
 
 from normwatch.report.analysis import Analysis
 from normwatch.report.claims import best_lrs, sweep_table
+from normwatch.report.document import Block, Heading, Image, Note, Paragraph
 from normwatch.report.roles import SGD_LIKE
 from normwatch.report.runs import Run, Series, align
 from normwatch.report.stats import (
@@ -63,6 +64,14 @@ class FigureResult:
     path: Path | None
     caption: str = ""
     note: str = ""
+
+    def blocks(self) -> list[Block]:
+        """Its place in a report: the heading, then the image and caption, or the note of why it is missing."""
+        head: list[Block] = [Heading(3, f"Figure {self.number}. {self.title}")]
+        if self.path is None:
+            return [*head, Note(self.note)]
+        body: list[Block] = [Image(self.path, f"Figure {self.number}"), Paragraph(self.caption)]
+        return head + body + ([Note(self.note)] if self.note else [])
 
 
 TITLES = {

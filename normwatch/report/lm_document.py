@@ -6,7 +6,7 @@ import math
 
 from normwatch.report.analysis import Analysis
 from normwatch.report.claims import Verdict
-from normwatch.report.document import Block, Heading, Image, Note, Paragraph, Table
+from normwatch.report.document import Block, Heading, Paragraph, Table
 from normwatch.report.figures import FigureResult
 from normwatch.report.lm_measure import BLOCKS, NOISE_SE, TOLERANCES_LM, eta_lambda, layer_window, val_loss
 from normwatch.report.runs import Run
@@ -78,13 +78,7 @@ def _run_row(run: Run) -> list[str]:
 def _figure_blocks(figures: list[FigureResult]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Figures")]
     for fig in figures:
-        blocks.append(Heading(3, f"Figure {fig.number}. {fig.title}"))
-        if fig.path is None:
-            blocks.append(Note(fig.note))
-            continue
-        blocks += [Image(fig.path, f"Figure {fig.number}"), Paragraph(fig.caption)]
-        if fig.note:
-            blocks.append(Note(fig.note))
+        blocks += fig.blocks()
     return blocks
 
 
