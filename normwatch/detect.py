@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_map
 from normwatch import _dist
 from normwatch._preserve import kept
 from normwatch._warn import warn
-from normwatch.flow import Granularity, Owned, ScaleTracer, Source, TraceResult, _tensors
+from normwatch.flow import Granularity, Owned, ScaleTracer, Source, TraceResult, _tensors, loss_outputs
 
 CONFIRM_RTOL = 1e-3  # outputs may move by this fraction of their largest magnitude (BN's epsilon, rounding)
 
@@ -241,7 +241,7 @@ def _forward(base: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], rep
 
 
 def _float_outputs(output: Any) -> list[torch.Tensor]:
-    return [t.detach().clone() for t in _tensors(output) if t.is_floating_point()]
+    return [t.detach().clone() for t in _tensors(loss_outputs(output)) if t.is_floating_point()]
 
 
 def _fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Literal
@@ -384,6 +384,15 @@ def _name(func: Callable[..., Any]) -> str:
     return name
 
 
+def loss_outputs(output: Any) -> Any:
+    """The outputs a loss is computed from: all of them, except the key/value cache that a transformers model
+    returns for generation (``past_key_values``; some transformers versions flatten it into tensors), which
+    holds the values v = x·W_v before any norm and so would count v_proj's scale as reaching the outputs."""
+    if isinstance(output, Mapping) and "past_key_values" in output:
+        return {key: value for key, value in output.items() if key != "past_key_values"}
+    return output
+
+
 def _tensors(obj: Any) -> list[torch.Tensor]:
     return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
@@ -491,7 +500,7 @@ class ScaleTracer(TorchFunctionMode):
 
     def leak_outputs(self, output: Any) -> None:
         """Flows that reach the model's outputs are not removed by any normalisation."""
-        self.leak_tensors(_tensors(output))
+        self.leak_tensors(_tensors(loss_outputs(output)))
 
     def note_mean(self, mean: torch.Tensor, of: torch.Tensor, axes: frozenset[int]) -> None:
         """Remember that ``mean`` is ``of.mean(axes, keepdim=True)``: subtracting it removes a shift along the rest."""

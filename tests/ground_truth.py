@@ -51,7 +51,8 @@ class Truth:
         """The floating-point outputs of one forward, with the same random state (dropout masks) each time."""
         torch.manual_seed(0)
         out = self.model(*self.args, **self.kwargs)
-        out = out.to_tuple() if hasattr(out, "to_tuple") else out  # transformers' ModelOutput
+        if hasattr(out, "to_tuple"):  # transformers' ModelOutput, less the key/value cache kept for generation
+            out = tuple(value for key, value in out.items() if key != "past_key_values")
         return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
     def moves(self, factors: dict[str, torch.Tensor], axes: dict[str, int] | None = None) -> bool:

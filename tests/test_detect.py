@@ -341,3 +341,30 @@ def test_myrtle_resnet9_all_convs_invariant_classifier_not() -> None:
     for layer in layers:
         assert_invariant(net, x, layer)
     assert_not_invariant(net, x, "8.weight")
+
+
+class ReturnsACache(nn.Module):
+    """A transformers-style output: the loss-facing logits, and a key/value cache of the raw projection (as
+    some transformers versions return it, flattened into tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v_proj, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        v = self.v_proj(x)
+        return {"logits": self.head(F.layer_norm(v, (8,), eps=1e-9)), "past_key_values": v}
+
+
+def test_a_key_value_cache_in_the_outputs_is_not_a_leak() -> None:
+    """Under w → r·w the logits stay and only the cache, which no loss reads, scales: v_proj is invariant."""
+    torch.manual_seed(0)
+    model, x = ReturnsACache(), torch.randn(4, 8)
+    with torch.no_grad():
+        base = model(x)["logits"]
+        model.v_proj.weight.mul_(3.0)
+        model.v_proj.bias.mul_(3.0)
+        assert torch.allclose(model(x)["logits"], base, atol=1e-5)  # the numbers first
+        model.v_proj.weight.div_(3.0)
+        model.v_proj.bias.div_(3.0)
+    assert [(layer.name, layer.confirmed) for layer in normwatch.detect(model, x)] == [("v_proj", True)]
