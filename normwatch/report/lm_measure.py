@@ -32,6 +32,7 @@ import numpy as np
 from normwatch.report.analysis import Analysis
 from normwatch.report.claims import Verdict
 from normwatch.report.runs import Run, Series, align
+from normwatch.report.uncertainty import Z, mean_se
 from normwatch.report.window import Window, equilibrium_window
 
 #: The demo's parts (demo/train_lm.py's PARTS).
@@ -45,8 +46,8 @@ TOLERANCES_LM: dict[str, float] = {
 TAIL = 0.1
 #: Consecutive blocks a window is cut into to measure a statistic's noise.
 BLOCKS = 4
-#: The noise is this many standard errors of a block mean.
-NOISE_SE = 2.0
+#: The noise is this many standard errors of a block mean (the report's Z).
+NOISE_SE = Z
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,8 @@ def outcome(margin: float, noise: float) -> str:
 def block_noise(values: Sequence[float]) -> float:
     """NOISE_SE × the standard error of the mean of the block values: ``2·std(v, ddof=1)/√n``."""
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size < 2:
-        return math.inf
-    return NOISE_SE * float(np.std(v, ddof=1)) / math.sqrt(v.size)
+    se = mean_se(v[np.isfinite(v)])
+    return math.inf if se is None else NOISE_SE * se
 
 
 def blocked(idx: np.ndarray, stat: Callable[[np.ndarray], float]) -> Measure | None:

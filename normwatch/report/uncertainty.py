@@ -99,10 +99,8 @@ def median_se(values: Sequence[float]) -> float | None:
         >>> round(median_se([1.0, 1.2]), 6)
         0.125331
     """
-    x = np.asarray(values, dtype=np.float64)
-    if x.size < 2:
-        return None
-    return float(math.sqrt(math.pi / 2.0) * np.std(x, ddof=1) / math.sqrt(x.size))
+    se = mean_se(values)
+    return None if se is None else math.sqrt(math.pi / 2.0) * se
 
 
 def mean_accuracy_se(accuracies: Sequence[float], n: int | None) -> float | None:
